@@ -1,0 +1,49 @@
+"""Pictures for people: orthogonal mid-slices of volumes side by side, as one PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ixgs_engine.io import atomic_output
+from ixgs_engine.volume import Volume
+
+LABEL_HEIGHT = 14
+
+
+def _mid_slices(volume: Volume) -> list[np.ndarray]:
+    """Axial, coronal and sagittal mid-slices, displayed with superior up where it applies."""
+    array = volume.array
+    nz, ny, nx = array.shape
+    axial = array[nz // 2]
+    coronal = array[::-1, ny // 2, :]
+    sagittal = array[::-1, :, nx // 2]
+    return [axial, coronal, sagittal]
+
+
+def orthogonal_slices_png(path: str | Path, volumes: list[tuple[str, Volume]], window: tuple[float, float]) -> Path:
+    """One row per volume (axial, coronal, sagittal mid-slices), grey levels over ``window``
+    (the same for all rows so they compare), each row captioned with its label."""
+    low, high = window
+    rows = []
+    for label, volume in volumes:
+        panels = [np.clip((s - low) / max(high - low, 1e-12), 0.0, 1.0) for s in _mid_slices(volume)]
+        height = max(p.shape[0] for p in panels)
+        padded = [np.pad(p, ((0, height - p.shape[0]), (0, 2))) for p in panels]
+        strip = Image.fromarray((np.concatenate(padded, axis=1) * 255).astype(np.uint8))
+        row = Image.new("L", (strip.width, strip.height + LABEL_HEIGHT), 0)
+        row.paste(strip, (0, LABEL_HEIGHT))
+        ImageDraw.Draw(row).text((2, 1), label, fill=255)
+        rows.append(row)
+    width = max(r.width for r in rows)
+    sheet = Image.new("L", (width, sum(r.height for r in rows)), 0)
+    top = 0
+    for row in rows:
+        sheet.paste(row, (0, top))
+        top += row.height
+    path = Path(path)
+    with atomic_output(path) as temp:
+        sheet.save(temp, format="PNG")
+    return path

@@ -1,0 +1,5 @@
+"""The radiative Gaussian model: parameters, activations, initialization, densify / prune."""
+
+from ixgs_engine.gaussians.model import FORMAT, SCALE_BOUNDS, GaussianModel, knn_scales
+
+__all__ = ["FORMAT", "SCALE_BOUNDS", "GaussianModel", "knn_scales"]

@@ -1,0 +1,2 @@
+"""Gaussian reconstruction: configuration and presets, initialization, the optimization loop,
+and writing the volume."""

@@ -1,0 +1,115 @@
+"""One call from a scan folder to written outputs: what the CLI, the demo and the Slicer
+module run."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ixgs_engine.device import resolve_device
+from ixgs_engine.errors import IXGSError
+from ixgs_engine.io import atomic_output
+from ixgs_engine.io.scan import load_projections, read_scan
+from ixgs_engine.reconstruct.config import ReconstructionConfig
+from ixgs_engine.reconstruct.data import TrainingData, detector_voxel_size
+from ixgs_engine.reconstruct.output import write_outputs
+from ixgs_engine.reconstruct.trainer import CHECKPOINT_FILE, ProgressCallback, Trainer
+from ixgs_engine.render.backend import get_backend
+from ixgs_engine.volume import Volume
+
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class ReconstructionSummary:
+    scan: str
+    views: int
+    iterations: int
+    gaussians: int
+    final_loss: float
+    train_seconds: float
+    total_seconds: float
+    voxel_size_mm: float
+    volume_path: str
+    gaussians_path: str
+    label_path: str | None
+    device: str
+    backend: str
+    config: dict
+
+    def line(self) -> str:
+        """The one-line summary printed at the end of a run."""
+        return (
+            f"reconstructed {self.views} views in {self.total_seconds:.1f} s ({self.iterations} iterations, "
+            f"{self.gaussians} Gaussians, final loss {self.final_loss:.4g}, {self.device}) -> {self.volume_path}"
+        )
+
+
+def checkpoint_config(output_dir: Path) -> ReconstructionConfig | None:
+    """The config stored in an output folder's checkpoint, if there is one."""
+    path = output_dir / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        return ReconstructionConfig.from_dict(state["config"])
+    except Exception as error:
+        raise IXGSError(f"{path}: cannot read the checkpoint ({error}); delete it to start over") from None
+
+
+def reconstruct_scan(
+    scan_dir: str | Path,
+    output_dir: str | Path,
+    config: ReconstructionConfig,
+    device: str = "auto",
+    resume: bool = False,
+    voxel_size: float | None = None,
+    volume_format: str = "nrrd",
+    threshold: float | None = None,
+    progress: ProgressCallback | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> tuple[ReconstructionSummary, Volume]:
+    """Reconstruct a scan into ``output_dir`` (volume, Gaussians, log, checkpoint, summary).
+    With ``resume`` the run continues from the folder's checkpoint with the checkpoint's
+    settings."""
+    started = time.perf_counter()
+    output_dir = Path(output_dir)
+    if resume:
+        stored = checkpoint_config(output_dir)
+        if stored is None:
+            raise IXGSError(f"--resume: no checkpoint in {output_dir}; run without --resume to start")
+        config = stored
+    projections = load_projections(read_scan(scan_dir))
+    torch_device = resolve_device(device)
+    data = TrainingData.from_projections(projections, config.image_scale, torch_device)
+    backend = get_backend("torch")
+    trainer = Trainer(data, config, backend, output_dir, progress=progress, should_cancel=should_cancel)
+    result = trainer.run(resume=resume)
+    voxel = voxel_size if voxel_size is not None else detector_voxel_size(projections.matrices, projections.roi)
+    volume, written = write_outputs(
+        output_dir, result.model, data.scene, projections.roi, voxel, backend, volume_format, threshold
+    )
+    summary = ReconstructionSummary(
+        scan=str(Path(scan_dir)),
+        views=data.num_views,
+        iterations=result.iterations,
+        gaussians=result.model.num_gaussians,
+        final_loss=result.final_loss,
+        train_seconds=result.elapsed_s,
+        total_seconds=time.perf_counter() - started,
+        voxel_size_mm=voxel,
+        volume_path=str(written.volume),
+        gaussians_path=str(written.gaussians),
+        label_path=str(written.label) if written.label else None,
+        device=str(torch_device),
+        backend=backend.name,
+        config=config.to_dict(),
+    )
+    with atomic_output(output_dir / SUMMARY_FILE) as temp:
+        temp.write_text(json.dumps(asdict(summary), indent=1))
+    return summary, volume

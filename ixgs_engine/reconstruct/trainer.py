@@ -1,0 +1,245 @@
+"""The optimization loop: Adam over the Gaussians' parameters with exponential learning-rate
+decay, loss L1 + D-SSIM + 3-D TV, densify / prune, progress, cancel, checkpoint and resume.
+
+A run is a pure function of its data, config and seed: the view order, the TV sub-volumes and
+the split samples all come from one generator whose state is checkpointed with the model and
+the optimizer, so a resumed run reproduces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ixgs_engine.errors import IXGSError
+from ixgs_engine.gaussians.model import PARAMETER_NAMES, GaussianModel
+from ixgs_engine.geometry.roi import roi_grid
+from ixgs_engine.io import atomic_output
+from ixgs_engine.reconstruct.config import ReconstructionConfig
+from ixgs_engine.reconstruct.data import TrainingData
+from ixgs_engine.reconstruct.initialization import initial_model
+from ixgs_engine.reconstruct.losses import dssim_loss, l1_loss, tv_3d_loss
+from ixgs_engine.render.backend import RenderBackend, normalized_grid, subgrid
+
+CHECKPOINT_FILE = "checkpoint.pt"
+LOG_FILE = "log.jsonl"
+CHECKPOINT_FORMAT = "ixgs-checkpoint/1"
+LEARNING_RATES = {
+    "positions": "lr_positions",
+    "scales": "lr_scales",
+    "rotations": "lr_rotations",
+    "densities": "lr_densities",
+}
+
+ProgressCallback = Callable[[int, int, dict], None]
+
+
+class ReconstructionCancelled(IXGSError):
+    """The run was cancelled; its last state is in the checkpoint."""
+
+
+def exponential_schedule(step: int, total: int, start: float, end: float) -> float:
+    """Log-linear interpolation from ``start`` (step 0) to ``end`` (last step)."""
+    t = min(max(step / max(total - 1, 1), 0.0), 1.0)
+    return math.exp((1.0 - t) * math.log(start) + t * math.log(end))
+
+
+@dataclass
+class TrainingResult:
+    model: GaussianModel
+    iterations: int
+    final_loss: float
+    elapsed_s: float
+    history: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    """Fits Gaussians to one scan's views. ``output_dir`` holds the checkpoint and the log."""
+
+    def __init__(
+        self,
+        data: TrainingData,
+        config: ReconstructionConfig,
+        backend: RenderBackend,
+        output_dir: str | Path,
+        progress: ProgressCallback | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> None:
+        self.data = data
+        self.config = config
+        self.backend = backend
+        self.output_dir = Path(output_dir)
+        self.progress = progress
+        self.should_cancel = should_cancel
+        self.data_range = float(data.targets.max().clamp_min(1e-6))
+        tv_voxel = float(data.roi.size.max()) / config.tv_grid_size
+        self.tv_grid = normalized_grid(roi_grid(data.roi, tv_voxel), data.scene)
+
+    # ------------------------------------------------------------------ state
+    def _fresh_state(self) -> None:
+        self.model = initial_model(self.data, self.config, self.backend)
+        self.optimizer = torch.optim.Adam(self.model.param_groups(self._learning_rates(0)), eps=1e-15)
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.view_queue: list[int] = []
+        self.iteration = 0
+        self.elapsed = 0.0
+
+    def _learning_rates(self, step: int) -> dict[str, float]:
+        return {
+            name: exponential_schedule(step, self.config.iterations, *getattr(self.config, attribute))
+            for name, attribute in LEARNING_RATES.items()
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write the full training state atomically; returns its path."""
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "num_views": self.data.num_views,
+            "image_shape": self.data.image_shape,
+            "iteration": self.iteration,
+            "elapsed": self.elapsed,
+            "parameters": {name: p.detach().cpu() for name, p in self.model.parameters().items()},
+            "scale_bounds": self.model.scale_bounds,
+            "densification": [t.cpu() for t in self.model.densification_state()],
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "view_queue": list(self.view_queue),
+        }
+        path = self.output_dir / CHECKPOINT_FILE
+        with atomic_output(path) as temp:
+            torch.save(state, temp)
+        return path
+
+    def _load_checkpoint(self, path: Path) -> None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:  # any unreadable file: say which and what to do
+            raise IXGSError(f"{path}: cannot read the checkpoint ({error}); delete it to start over") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise IXGSError(f"{path} is not an IXGS checkpoint; delete it to start over")
+        if state["num_views"] != self.data.num_views or tuple(state["image_shape"]) != self.data.image_shape:
+            raise IXGSError(
+                f"{path} belongs to a run with {state['num_views']} views of {tuple(state['image_shape'])} pixels, "
+                f"not this scan ({self.data.num_views} views of {self.data.image_shape}); use another output folder"
+            )
+        device = self.data.targets.device
+        raw = [state["parameters"][name].to(device) for name in PARAMETER_NAMES]
+        self.model = GaussianModel(*raw, scale_bounds=tuple(state["scale_bounds"]), normalization=self.data.scene)
+        self.model.load_densification_state(*(t.to(device) for t in state["densification"]))
+        self.optimizer = torch.optim.Adam(self.model.param_groups(self._learning_rates(state["iteration"])), eps=1e-15)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator = torch.Generator()
+        self.generator.set_state(state["generator"])
+        self.view_queue = list(state["view_queue"])
+        self.iteration = int(state["iteration"])
+        self.elapsed = float(state["elapsed"])
+
+    # ------------------------------------------------------------------ log
+    def _open_log(self, resumed: bool) -> list[dict]:
+        """Entries already logged up to the current iteration (later ones, from after the last
+        checkpoint of an interrupted run, are dropped) and a log file holding exactly them."""
+        path = self.output_dir / LOG_FILE
+        kept: list[dict] = []
+        if resumed and path.exists():
+            for line in path.read_text().splitlines():
+                entry = json.loads(line)
+                if entry["iteration"] <= self.iteration:
+                    kept.append(entry)
+        with atomic_output(path) as temp:
+            temp.write_text("".join(json.dumps(e) + "\n" for e in kept))
+        return kept
+
+    # ------------------------------------------------------------------ loop
+    def _next_views(self) -> torch.Tensor:
+        while len(self.view_queue) < self.config.views_per_step:
+            self.view_queue += torch.randperm(self.data.num_views, generator=self.generator).tolist()
+        views, self.view_queue = self.view_queue[: self.config.views_per_step], self.view_queue[self.config.views_per_step :]
+        return torch.tensor(views)
+
+    def _tv_block(self):
+        size = min(self.config.tv_size, *self.tv_grid.shape)
+        start = [int(torch.randint(0, n - size + 1, (1,), generator=self.generator)) for n in self.tv_grid.shape]
+        return subgrid(self.tv_grid, start, (size, size, size))
+
+    def _step(self) -> dict:
+        config = self.config
+        step = self.iteration
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._learning_rates(step)[group["name"]]
+        views = self._next_views()
+        track = step < config.densify_until
+        model = self.model
+        means, covariances, densities = model.positions, model.covariances(), model.densities
+        offsets = None
+        if track:
+            offsets = torch.zeros((len(views), model.num_gaussians, 2), dtype=torch.float64, device=means.device, requires_grad=True)
+        rendered = self.backend.render(means, covariances, densities, self.data.matrices[views], self.data.image_shape, offsets)
+        target = self.data.targets[views]
+        terms = {"l1": l1_loss(rendered, target)}
+        if config.lambda_dssim > 0:
+            terms["dssim"] = dssim_loss(rendered, target, self.data_range)
+        if config.lambda_tv > 0:
+            terms["tv"] = tv_3d_loss(self.backend.voxelize(means, covariances, densities, self._tv_block()))
+        loss = terms["l1"] + config.lambda_dssim * terms.get("dssim", 0.0) + config.lambda_tv * terms.get("tv", 0.0)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if track:
+            model.add_densification_stats(offsets.grad, self.data.image_shape)
+        self.iteration += 1
+        entry = {"iteration": self.iteration, "loss": loss.item()} | {k: v.item() for k, v in terms.items()}
+        if config.densify_from <= self.iteration <= config.densify_until and self.iteration % config.densify_interval == 0:
+            entry |= model.densify_and_prune(
+                self.optimizer,
+                grad_threshold=config.densify_grad_threshold,
+                min_density=config.prune_min_density,
+                max_gaussians=config.max_gaussians,
+                generator=self.generator,
+            )
+        entry["gaussians"] = model.num_gaussians
+        return entry
+
+    def run(self, resume: bool = False) -> TrainingResult:
+        """Train to ``config.iterations``; with ``resume``, continue from the checkpoint in the
+        output folder. Cancel (``should_cancel``) or Ctrl-C saves a checkpoint first."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint = self.output_dir / CHECKPOINT_FILE
+        if resume and checkpoint.exists():
+            self._load_checkpoint(checkpoint)
+        else:
+            if resume:
+                raise IXGSError(f"--resume: no checkpoint in {self.output_dir}; run without --resume to start")
+            self._fresh_state()
+        history = self._open_log(resume)
+        total = self.config.iterations
+        started = time.perf_counter() - self.elapsed
+        try:
+            with open(self.output_dir / LOG_FILE, "a") as log:
+                while self.iteration < total:
+                    if self.should_cancel is not None and self.should_cancel():
+                        raise ReconstructionCancelled(
+                            f"cancelled at iteration {self.iteration}; resume with --resume (checkpoint {checkpoint})"
+                        )
+                    entry = self._step()
+                    self.elapsed = time.perf_counter() - started
+                    entry["elapsed_s"] = round(self.elapsed, 3)
+                    log.write(json.dumps(entry) + "\n")
+                    history.append(entry)
+                    if self.progress is not None:
+                        self.progress(self.iteration, total, entry)
+                    if self.iteration % self.config.checkpoint_every == 0 and self.iteration < total:
+                        log.flush()
+                        self.save_checkpoint()
+        except (ReconstructionCancelled, KeyboardInterrupt):
+            self.save_checkpoint()
+            raise
+        self.save_checkpoint()
+        final = history[-1]["loss"] if history else float("nan")
+        return TrainingResult(self.model, self.iteration, final, self.elapsed, history)

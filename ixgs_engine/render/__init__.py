@@ -1,0 +1,12 @@
+"""Additive X-ray splatting and voxelization of radiative Gaussians behind swappable backends."""
+
+from ixgs_engine.render.backend import (
+    RenderBackend,
+    available_backends,
+    get_backend,
+    normalized_grid,
+    register_backend,
+    subgrid,
+)
+
+__all__ = ["RenderBackend", "available_backends", "get_backend", "normalized_grid", "register_backend", "subgrid"]

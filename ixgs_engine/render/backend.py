@@ -1,0 +1,104 @@
+"""The render contract: what every backend computes, how backends are found, and the grids
+the voxelizer fills.
+
+All inputs live in the normalized scene ([-1, 1]^3, see ``geometry/normalization.py``):
+Gaussian means (N, 3), covariances (N, 3, 3), densities (N,) (peak values per normalized
+length unit), projection matrices (V, 3, 4) acting on normalized points, and voxel grids
+whose origin/spacing/direction are in normalized units.
+
+Both operations use the same kernel ``G_i(x) = rho_i exp(-1/2 (x - p_i)^T Sigma_i^-1 (x - p_i))``
+cut at Mahalanobis distance 3 (3 sigma):
+
+- ``render``: pixel value = plain sum over Gaussians of their line integrals along the pixel's
+  ray, splatted: ``rho mu exp(-1/2 (u - u_i)^T Sigma2d_i^-1 (u - u_i))`` (no alpha compositing,
+  no low-pass dilation). ``screen_offsets`` (V, N, 2), pixels, is added to the projected
+  centres: pass zeros with ``requires_grad`` to read the view-space positional gradient
+  that densification needs.
+- ``voxelize``: ``sum_i G_i`` at the voxel centres of a grid.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from ixgs_engine.geometry.normalization import SceneNormalization
+from ixgs_engine.volume import VolumeGrid
+
+
+@runtime_checkable
+class RenderBackend(Protocol):
+    """Additive X-ray splatting and voxelization of radiative Gaussians (differentiable)."""
+
+    name: str
+
+    def render(
+        self,
+        means: torch.Tensor,
+        covariances: torch.Tensor,
+        densities: torch.Tensor,
+        matrices: torch.Tensor,
+        image_shape: tuple[int, int],
+        screen_offsets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Line-integral images (V, H, W) in the dtype of ``densities``."""
+        ...
+
+    def voxelize(
+        self,
+        means: torch.Tensor,
+        covariances: torch.Tensor,
+        densities: torch.Tensor,
+        grid: VolumeGrid,
+    ) -> torch.Tensor:
+        """Summed Gaussians (nz, ny, nx) at the voxel centres of ``grid`` (normalized coordinates)."""
+        ...
+
+
+_BACKENDS: dict[str, str | Callable[[], RenderBackend]] = {
+    "torch": "ixgs_engine.render.torch_backend:TorchBackend",
+}
+
+
+def register_backend(name: str, factory: str | Callable[[], RenderBackend]) -> None:
+    """Make a backend available to :func:`get_backend`: a zero-argument factory, or a
+    ``"module:attribute"`` string imported on first use (so optional dependencies such as
+    Triton are only imported when that backend is asked for)."""
+    _BACKENDS[name] = factory
+
+
+def available_backends() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def get_backend(name: str = "torch") -> RenderBackend:
+    """A new backend instance by name."""
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown render backend {name!r}; available: {', '.join(available_backends())}")
+    factory = _BACKENDS[name]
+    if isinstance(factory, str):
+        module_name, attribute = factory.split(":")
+        factory = getattr(importlib.import_module(module_name), attribute)
+    return factory()
+
+
+def normalized_grid(grid: VolumeGrid, normalization: SceneNormalization) -> VolumeGrid:
+    """A world-mm voxel grid expressed in normalized scene coordinates (same voxels)."""
+    return VolumeGrid(
+        grid.shape,
+        origin=normalization.to_normalized(grid.origin),
+        spacing=grid.spacing * normalization.scale,
+        direction=normalization.direction @ grid.direction,
+    )
+
+
+def subgrid(grid: VolumeGrid, start: Sequence[int], shape: Sequence[int]) -> VolumeGrid:
+    """The block of ``grid`` with ``shape`` (nz, ny, nx) starting at voxel index ``start``
+    (k, j, i): e.g. a random 32^3 sub-volume for the TV loss."""
+    k, j, i = (int(s) for s in start)
+    corner = grid.index_to_world_matrix() @ np.array([i, j, k, 1.0])
+    return VolumeGrid(tuple(shape), origin=corner[:3], spacing=grid.spacing.copy(), direction=grid.direction.copy())
