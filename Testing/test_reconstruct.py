@@ -167,3 +167,18 @@ def test_downsampled_matrices_follow_block_averaged_pixels():
 def test_default_voxel_size_is_the_detector_pixel_at_the_roi_centre():
     P = carm_projection_matrix(0, 0, 600, 1000, Detector((64, 64), (1.6, 1.6)))
     assert detector_voxel_size(P[None], ROI([0, 0, 0], [50, 50, 50])) == pytest.approx(0.96)
+
+
+def test_demo_command_end_to_end_on_tiny_settings(tmp_path: Path, capsys):
+    args = ["demo", "-o", str(tmp_path), "--views", "6", "--phantom-size", "24", "--detector-pixels", "40",
+            "--iterations", "10", "--gaussians", "500", "--device", "cpu"]
+    assert main(args) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("demo: 6 views, PSNR ") and line.endswith("slices.png")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert np.isfinite(metrics["psnr_3d_db"]) and 0.0 < metrics["ssim_3d"] <= 1.0
+    from PIL import Image
+
+    picture = np.asarray(Image.open(tmp_path / "slices.png"))
+    assert picture.shape[0] > 2 * 24 and picture.std() > 10  # two captioned rows with content
+    assert (tmp_path / "reconstruction" / "volume.nrrd").exists()

@@ -451,6 +451,17 @@ def test_densify_and_prune_follows_the_gradient_statistics() -> None:
     optimizer.step()
 
 
+def test_densify_never_grows_past_the_maximum() -> None:
+    model, optimizer = trained_model()
+    grad = torch.zeros(1, 400, 2)
+    grad[0, :30, 0] = torch.linspace(1e-4, 3e-3, 30) / IMAGE  # 30 hot, rising gradient
+    model.add_densification_stats(grad, (IMAGE, IMAGE))
+    counts = model.densify_and_prune(optimizer, grad_threshold=5e-5, max_gaussians=412)
+    assert counts["cloned"] + counts["split"] == 12
+    assert model.num_gaussians == 412 - counts["pruned"]
+    assert_optimizer_matches(model, optimizer)
+
+
 def test_prune_keeps_rows_and_state_of_the_survivors() -> None:
     model, optimizer = trained_model()
     positions = model.positions.detach().clone()

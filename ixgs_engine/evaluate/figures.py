@@ -11,6 +11,7 @@ from ixgs_engine.io import atomic_output
 from ixgs_engine.volume import Volume
 
 LABEL_HEIGHT = 14
+MIN_PANEL_PIXELS = 256  # small volumes are enlarged to at least this many pixels a side
 
 
 def _mid_slices(volume: Volume) -> list[np.ndarray]:
@@ -33,6 +34,8 @@ def orthogonal_slices_png(path: str | Path, volumes: list[tuple[str, Volume]], w
         height = max(p.shape[0] for p in panels)
         padded = [np.pad(p, ((0, height - p.shape[0]), (0, 2))) for p in panels]
         strip = Image.fromarray((np.concatenate(padded, axis=1) * 255).astype(np.uint8))
+        zoom = max(1, MIN_PANEL_PIXELS // height)
+        strip = strip.resize((strip.width * zoom, strip.height * zoom), Image.Resampling.NEAREST)
         row = Image.new("L", (strip.width, strip.height + LABEL_HEIGHT), 0)
         row.paste(strip, (0, LABEL_HEIGHT))
         ImageDraw.Draw(row).text((2, 1), label, fill=255)

@@ -353,16 +353,14 @@ class GaussianModel:
         """R^2-Gaussian's adaptive control: Gaussians whose mean view-space gradient reaches
         ``grad_threshold`` are cloned when their largest scale is at most ``scale_threshold``
         and split otherwise (see :meth:`split` for ``split_density_factor``; only while fewer
-        than ``max_gaussians``); then Gaussians with density below ``min_density`` or centre
+        than ``max_gaussians``, the largest gradients first); then Gaussians with density below ``min_density`` or centre
         outside [-1, 1]^3 are pruned. The statistics restart. Returns the counts."""
         with torch.no_grad():
-            hot = self.mean_screen_gradients() >= grad_threshold
+            gradients = self.mean_screen_gradients()
+            hot = self._within_budget(gradients >= grad_threshold, gradients, max_gaussians - self.num_gaussians)
             large = self.scales.amax(dim=1) > scale_threshold
             clone_mask = hot & ~large
             split_mask = hot & large
-            if self.num_gaussians >= max_gaussians:
-                clone_mask[:] = False
-                split_mask[:] = False
             self.clone(clone_mask, optimizer)
             split_mask = torch.cat([split_mask, split_mask.new_zeros(int(clone_mask.sum()))])
             self.split(split_mask, optimizer, generator, split_density_factor)
@@ -371,6 +369,18 @@ class GaussianModel:
             self._grad_sum.zero_()
             self._grad_count.zero_()
         return {"cloned": int(clone_mask.sum()), "split": int(split_mask.sum()), "pruned": int(prune_mask.sum())}
+
+    @staticmethod
+    def _within_budget(candidates: torch.Tensor, gradients: torch.Tensor, budget: int) -> torch.Tensor:
+        """The candidates with the largest gradients, at most ``budget`` of them (each clone
+        or split adds one Gaussian), so the model never grows past its maximum."""
+        if int(candidates.sum()) <= max(budget, 0):
+            return candidates
+        kept = torch.zeros_like(candidates)
+        if budget > 0:
+            ranked = torch.where(candidates, gradients, torch.full_like(gradients, -1.0))
+            kept[torch.topk(ranked, budget).indices] = True
+        return kept
 
     def clone(self, mask: torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Duplicate the masked Gaussians; original and copy each keep half the density

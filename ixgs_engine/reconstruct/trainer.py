@@ -231,11 +231,11 @@ class Trainer:
                     self.elapsed = time.perf_counter() - started
                     entry["elapsed_s"] = round(self.elapsed, 3)
                     log.write(json.dumps(entry) + "\n")
+                    log.flush()
                     history.append(entry)
                     if self.progress is not None:
                         self.progress(self.iteration, total, entry)
                     if self.iteration % self.config.checkpoint_every == 0 and self.iteration < total:
-                        log.flush()
                         self.save_checkpoint()
         except (ReconstructionCancelled, KeyboardInterrupt):
             self.save_checkpoint()
