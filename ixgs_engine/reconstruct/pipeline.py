@@ -73,10 +73,12 @@ def reconstruct_scan(
     threshold: float | None = None,
     progress: ProgressCallback | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    on_trainer: Callable[[Trainer], None] | None = None,
 ) -> tuple[ReconstructionSummary, Volume]:
     """Reconstruct a scan into ``output_dir`` (volume, Gaussians, log, checkpoint, summary).
     With ``resume`` the run continues from the folder's checkpoint with the checkpoint's
-    settings."""
+    settings. ``on_trainer`` receives the Trainer before it trains, so a progress callback can
+    read its model (e.g. to voxelize and score mid-run)."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
     if resume:
@@ -89,6 +91,8 @@ def reconstruct_scan(
     data = TrainingData.from_projections(projections, config.image_scale, torch_device)
     backend = get_backend("torch")
     trainer = Trainer(data, config, backend, output_dir, progress=progress, should_cancel=should_cancel)
+    if on_trainer is not None:
+        on_trainer(trainer)
     result = trainer.run(resume=resume)
     voxel = voxel_size if voxel_size is not None else detector_voxel_size(projections.matrices, projections.roi)
     volume, written = write_outputs(

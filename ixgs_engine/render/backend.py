@@ -6,8 +6,9 @@ Gaussian means (N, 3), covariances (N, 3, 3), densities (N,) (peak values per no
 length unit), projection matrices (V, 3, 4) acting on normalized points, and voxel grids
 whose origin/spacing/direction are in normalized units.
 
-Both operations use the same kernel ``G_i(x) = rho_i exp(-1/2 (x - p_i)^T Sigma_i^-1 (x - p_i))``
-cut at Mahalanobis distance 3 (3 sigma):
+Both operations use the same kernel ``G_i(x) = rho_i exp(-1/2 (x - p_i)^T Sigma_i^-1 (x - p_i))``,
+cut where it is negligible: footprints at Mahalanobis distance 3 on the detector, voxels at the
+3-D radius that drops the same share of the mass (about 3.33), so images and volumes agree:
 
 - ``render``: pixel value = plain sum over Gaussians of their line integrals along the pixel's
   ray, splatted: ``rho mu exp(-1/2 (u - u_i)^T Sigma2d_i^-1 (u - u_i))`` (no alpha compositing,

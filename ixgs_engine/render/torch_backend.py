@@ -5,8 +5,8 @@ and computed in float64, so thin Gaussians keep their small eigenvalues; the per
 runs in the dtype of the densities.
 
 Each Gaussian is evaluated only on the samples (pixels, voxels) of a window covering its
-3-sigma bounding box, clipped to the image (grid), and contributes where its Mahalanobis
-distance is below 3. Windows are binned by radius and each bin is cut into chunks of bounded
+cutoff bounding box, clipped to the image (grid), and contributes where its Mahalanobis
+distance is below the cutoff (3 on the detector, ``VOXEL_CUTOFF_SIGMAS`` in a volume). Windows are binned by radius and each bin is cut into chunks of bounded
 size. Inside a chunk the exponent of every Gaussian over its window is one matrix product:
 with ``d = delta + o`` (``delta``: window centre minus Gaussian centre, ``o``: the sample's
 offset from the window centre), ``-1/2 d^T Q d`` is a quadratic polynomial in ``o`` whose
@@ -24,16 +24,19 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from scipy.stats import chi2
 from torch.autograd.function import once_differentiable
 
 from ixgs_engine.volume import VolumeGrid
 
-CUTOFF_SIGMAS = 3.0
+CUTOFF_SIGMAS = 3.0  # footprints on the detector are cut at Mahalanobis distance 3 ...
+# ... which drops exp(-4.5) (1.1 %) of a 2-D Gaussian's mass. Voxels are cut at the 3-D radius that
+# drops the same fraction, so a voxelized volume carries the mass its rendered images show.
+VOXEL_CUTOFF_SIGMAS = math.sqrt(chi2.isf(math.exp(-0.5 * CUTOFF_SIGMAS**2), 3))
 NEAR_DEPTH = 1e-2  # normalized units: Gaussians closer to the source plane (or behind it) are culled
 # Window samples per chunk: cache-sized on CPU; on GPUs big enough to amortize kernel launches.
 CPU_CHUNK_ELEMENTS = 1 << 18
 GPU_CHUNK_ELEMENTS = 1 << 24
-_CUTOFF_VALUE = math.exp(-0.5 * CUTOFF_SIGMAS**2)
 _EXPONENT_FLOOR = -20.0  # exp() is twice as slow on -inf and underflowing arguments
 _EXACT_RADII = 32  # window radii up to this get their own bin; larger ones share geometric bins
 _RADIUS_GROWTH = 1.1
@@ -118,6 +121,7 @@ class _Layout:
     base: torch.Tensor  # (K,) flat output index of each window's origin (int32 when it fits: faster)
     chunks: list[_Chunk]
     numel: int
+    cutoff_value: float  # exp(-1/2 r^2) at the cutoff radius r
 
 
 def _bin_radius(radius: torch.Tensor) -> torch.Tensor:
@@ -138,14 +142,15 @@ def _layout(
     chunk_elements: int,
     dtype: torch.dtype,
     active: torch.Tensor | None,
+    cutoff_sigmas: float,
 ) -> _Layout:
-    """Cull inactive splats, those whose 3-sigma box holds no sample and those with a
+    """Cull inactive splats, those whose cutoff box holds no sample and those with a
     degenerate covariance, then give each a window of side ``min(2R + 1, n)`` per axis, R
-    binned, that covers the samples of its 3-sigma box inside the grid."""
+    binned, that covers the samples of its cutoff box inside the grid."""
     device = centres.device
     n = torch.tensor(list(sizes), dtype=torch.float64, device=device)
     stride = torch.tensor(list(strides), dtype=torch.long, device=device)
-    half = CUTOFF_SIGMAS * torch.sqrt(torch.diagonal(covariances, dim1=1, dim2=2).clamp_min(0.0))
+    half = cutoff_sigmas * torch.sqrt(torch.diagonal(covariances, dim1=1, dim2=2).clamp_min(0.0))
     low = torch.ceil(centres - half).clamp_min(0.0)
     high = torch.minimum(torch.floor(centres + half), n - 1.0)
     det = _adjugate_symmetric(covariances)[1]
@@ -176,13 +181,13 @@ def _layout(
         for first in range(start, start + count, per_chunk):
             chunks.append(_Chunk(first, min(first + per_chunk, start + count), basis, offsets))
         start += count
-    return _Layout(order, anchors, base, chunks, numel)
+    return _Layout(order, anchors, base, chunks, numel, math.exp(-0.5 * cutoff_sigmas**2))
 
 
-def _window_values(coefficients: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """exp of the quadratic exponents (K, P), zero beyond the 3-sigma cutoff."""
+def _window_values(coefficients: torch.Tensor, basis: torch.Tensor, cutoff_value: float) -> torch.Tensor:
+    """exp of the quadratic exponents (K, P), zero beyond the cutoff."""
     values = (coefficients @ basis).clamp_(min=_EXPONENT_FLOOR).exp_()
-    return F.threshold_(values, _CUTOFF_VALUE, 0.0)
+    return F.threshold_(values, cutoff_value, 0.0)
 
 
 class _WindowSum(torch.autograd.Function):
@@ -193,7 +198,7 @@ class _WindowSum(torch.autograd.Function):
         out = coefficients.new_zeros(layout.numel)
         for chunk in layout.chunks:
             part = slice(chunk.start, chunk.stop)
-            values = _window_values(coefficients[part], chunk.basis).mul_(amplitudes[part, None])
+            values = _window_values(coefficients[part], chunk.basis, layout.cutoff_value).mul_(amplitudes[part, None])
             index = layout.base[part, None] + chunk.offsets
             out.index_add_(0, index.reshape(-1), values.reshape(-1))
         ctx.save_for_backward(coefficients, amplitudes)
@@ -212,7 +217,7 @@ class _WindowSum(torch.autograd.Function):
             part = slice(chunk.start, chunk.stop)
             index = layout.base[part, None] + chunk.offsets
             upstream = grad_out.index_select(0, index.reshape(-1)).reshape(index.shape)
-            weighted = _window_values(coefficients[part], chunk.basis).mul_(upstream)
+            weighted = _window_values(coefficients[part], chunk.basis, layout.cutoff_value).mul_(upstream)
             moments = weighted @ chunk.basis.T  # basis row 0 is all ones: moments[:, 0] = d out / d amplitude
             grad_amplitudes[part] = moments[:, 0]
             grad_coefficients[part] = moments * amplitudes[part, None]
@@ -233,7 +238,8 @@ def _splat(
     """Flat sum over (``active``) splats of ``amplitude * exp(-1/2 (x - c)^T cov^-1 (x - c))``
     at the integer sample positions of a grid of ``sizes`` whose flat index is ``x . strides``
     (plus ``view_base`` per splat). ``centres`` and ``covariances`` are float64 in sample
-    index units, axes ordered as ``sizes``."""
+    index units, axes ordered as ``sizes``. Detector footprints (2-D) and voxel grids (3-D)
+    have their own cutoff radius (see ``VOXEL_CUTOFF_SIGMAS``)."""
     layout = _layout(
         centres.detach(),
         covariances.detach(),
@@ -244,6 +250,7 @@ def _splat(
         chunk_elements,
         amplitudes.dtype,
         active,
+        CUTOFF_SIGMAS if centres.shape[1] == 2 else VOXEL_CUTOFF_SIGMAS,
     )
     precision = inverse_symmetric(covariances[layout.order])
     delta = layout.anchors - centres[layout.order]
