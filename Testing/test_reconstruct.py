@@ -182,3 +182,16 @@ def test_demo_command_end_to_end_on_tiny_settings(tmp_path: Path, capsys):
     picture = np.asarray(Image.open(tmp_path / "slices.png"))
     assert picture.shape[0] > 2 * 24 and picture.std() > 10  # two captioned rows with content
     assert (tmp_path / "reconstruction" / "volume.nrrd").exists()
+
+
+def test_sart_start_stays_physical_when_the_patient_is_larger_than_the_roi(tiny_scan):
+    """Without an ROI the box is what every view sees, smaller than the torso: SART would pile
+    the outside attenuation into spikes at the box faces; the start is clipped instead."""
+    from ixgs_engine.io.scan import Projections
+    from ixgs_engine.reconstruct.initialization import sart_start
+
+    projections = load_projections(read_scan(tiny_scan[0]))
+    truncated = Projections(projections.values, projections.matrices, ROI([0, 0, 0], [110, 110, 110]), True)
+    data = TrainingData.from_projections(truncated, 1.0, torch.device("cpu"))
+    values, _ = sart_start(data, replace(TINY, init_grid_size=24))
+    assert data.scene.attenuation_to_world(values.max()) < 0.1  # bone is ~0.05 /mm; spikes reached ~27

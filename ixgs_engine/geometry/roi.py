@@ -37,6 +37,11 @@ class ROI:
         signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
         return self.center + (signs * self.size / 2.0) @ self.direction
 
+    def contains(self, points: np.ndarray) -> np.ndarray:
+        """Which world points (..., 3) lie inside the box."""
+        local = (np.asarray(points, dtype=np.float64) - self.center) @ self.direction.T
+        return np.all(np.abs(local) <= self.size / 2.0, axis=-1)
+
     def to_dict(self) -> dict:
         out = {"center": self.center.tolist(), "size": self.size.tolist()}
         if not np.allclose(self.direction, np.eye(3)):
