@@ -62,14 +62,14 @@ PRESETS: dict[str, ReconstructionConfig] = {
     "quality": ReconstructionConfig(init="volume", views_per_step=2, iterations=30_000),
     # Minutes on a laptop CPU: half-resolution views, a SART start, a shorter schedule.
     "fast": ReconstructionConfig(
-        iterations=1000,
+        iterations=800,
         views_per_step=2,
         image_scale=0.5,
         init="volume",
         num_gaussians=12_000,
         tv_size=24,
         densify_from=200,
-        densify_until=700,
+        densify_until=550,
         densify_interval=100,
         max_gaussians=30_000,
         lr_positions=(1e-3, 1e-4),

@@ -171,8 +171,9 @@ class Trainer:
     def _step(self) -> dict:
         config = self.config
         step = self.iteration
+        rates = self._learning_rates(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = self._learning_rates(step)[group["name"]]
+            group["lr"] = rates[group["name"]]
         views = self._next_views()
         track = step < config.densify_until
         model = self.model
