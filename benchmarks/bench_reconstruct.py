@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from common import (
-    RESULTS,
+    add_scan_and_sart_arguments,
     SimulatedScan,
     host_description,
     load_average,
@@ -62,11 +62,8 @@ TABLE_HEAD = (
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=96, help="phantom voxels along each axis (192 mm field of view)")
-    parser.add_argument("--detector", type=int, default=192, help="detector pixels along each axis (square)")
+    add_scan_and_sart_arguments(parser, size=96, detector=192)
     parser.add_argument("--panel-mm", type=float, default=DEFAULT_PANEL_MM, help="detector width and height (mm)")
-    parser.add_argument("--views", type=int, default=25)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random C-arm poses")
     parser.add_argument("--preset", default="fast", choices=sorted(PRESETS), help="IXGS reconstruction preset")
     parser.add_argument("--iterations", type=int, help="IXGS iterations (default: the preset's)")
     parser.add_argument(
@@ -75,16 +72,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--eval-every", type=int, default=100, help="score IXGS every N iterations (and at the end)")
     parser.add_argument("--sart-iterations", type=int, default=20, help="full passes over the views, both SARTs")
-    parser.add_argument("--relaxation", type=float, default=0.3, help="both SARTs (RTK's default)")
-    parser.add_argument("--views-per-subset", type=int, default=1, help="both SARTs")
     parser.add_argument(
         "--device", default="auto", choices=("auto", "cpu", "cuda"), help="IXGS and our SART (RTK runs on the CPU)"
     )
-    parser.add_argument("--threads", type=int, help="CPU threads for torch and ITK/RTK (default: all cores)")
     parser.add_argument(
         "--workdir", type=Path, help="keep the scan and the reconstruction here (default: a temporary folder)"
     )
-    parser.add_argument("--output", type=Path, default=RESULTS, help="folder for the JSON and markdown results")
     args = parser.parse_args()
     if args.eval_every < 1:
         parser.error("--eval-every must be at least 1")
@@ -257,8 +250,8 @@ def main() -> None:
         print(f"{name:9s} PSNR {score['psnr_db']:6.2f} dB  SSIM {score['ssim']:.4f}  {score['seconds']:8.1f} s")
     print(
         f"IXGS - RTK SART: PSNR {record['ixgs_minus_rtk_psnr_db']:+.2f} dB, SSIM {record['ixgs_minus_rtk_ssim']:+.4f}, "
-        f"time {record['ixgs_over_rtk_time']:.2f}x; IXGS reached RTK's PSNR at {describe_reach(reach_psnr)}, "
-        f"its SSIM at {describe_reach(reach_ssim)}"
+        f"time {record['ixgs_over_rtk_time']:.2f}x; time to RTK's PSNR: {describe_reach(reach_psnr)}, "
+        f"to its SSIM: {describe_reach(reach_ssim)}"
     )
 
     host = record["host"]

@@ -11,11 +11,10 @@ times, and writes a JSON record and a markdown table row to benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 from common import (
-    RESULTS,
+    add_scan_and_sart_arguments,
     host_description,
     load_average,
     save_results,
@@ -37,16 +36,9 @@ TABLE_HEADER = (
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=128, help="voxels along each axis (cube)")
-    parser.add_argument("--detector", type=int, default=256, help="detector pixels along each axis (square)")
-    parser.add_argument("--views", type=int, default=25)
+    add_scan_and_sart_arguments(parser, size=128, detector=256)
     parser.add_argument("--iterations", type=int, default=10, help="full passes over the views, both SARTs")
-    parser.add_argument("--relaxation", type=float, default=0.3, help="both SARTs (RTK's default)")
-    parser.add_argument("--views-per-subset", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random C-arm poses")
     parser.add_argument("--device", default="cpu", help="torch device of our SART (RTK runs on the CPU)")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch and ITK/RTK (default: all cores)")
-    parser.add_argument("--output", type=Path, default=RESULTS, help="folder for the JSON and markdown results")
     return parser.parse_args()
 
 

@@ -4,6 +4,7 @@ a JSON record plus a markdown table row under benchmarks/results/."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib.metadata
 import json
@@ -145,3 +146,16 @@ def save_results(folder: Path, stem: str, record: dict, table: str, table_head: 
         out.write(row)
     print(f"wrote {path} and a row of {table_path}")
     return path
+
+
+def add_scan_and_sart_arguments(parser: argparse.ArgumentParser, size: int, detector: int) -> None:
+    """The options both benchmarks share: the simulated scan, the SART settings, threads and
+    where results go."""
+    parser.add_argument("--size", type=int, default=size, help="phantom voxels along each axis (192 mm field of view)")
+    parser.add_argument("--detector", type=int, default=detector, help="detector pixels along each axis (square)")
+    parser.add_argument("--views", type=int, default=25)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random C-arm poses")
+    parser.add_argument("--relaxation", type=float, default=0.3, help="both SARTs (RTK's default)")
+    parser.add_argument("--views-per-subset", type=int, default=1, help="both SARTs")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch and ITK/RTK (default: all cores)")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="folder for the JSON and markdown results")
