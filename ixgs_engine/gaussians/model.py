@@ -352,9 +352,9 @@ class GaussianModel:
     ) -> dict[str, int]:
         """R^2-Gaussian's adaptive control: Gaussians whose mean view-space gradient reaches
         ``grad_threshold`` are cloned when their largest scale is at most ``scale_threshold``
-        and split otherwise (see :meth:`split` for ``split_density_factor``; only while fewer
-        than ``max_gaussians``, the largest gradients first); then Gaussians with density below ``min_density`` or centre
-        outside [-1, 1]^3 are pruned. The statistics restart. Returns the counts."""
+        and split otherwise (see :meth:`split` for ``split_density_factor``; never past
+        ``max_gaussians``, the largest gradients first); then Gaussians with density below
+        ``min_density`` or centre outside [-1, 1]^3 are pruned. The statistics restart. Returns the counts."""
         with torch.no_grad():
             gradients = self.mean_screen_gradients()
             hot = self._within_budget(gradients >= grad_threshold, gradients, max_gaussians - self.num_gaussians)

@@ -6,10 +6,11 @@ runs in the dtype of the densities.
 
 Each Gaussian is evaluated only on the samples (pixels, voxels) of a window covering its
 cutoff bounding box, clipped to the image (grid), and contributes where its Mahalanobis
-distance is below the cutoff (3 on the detector, ``VOXEL_CUTOFF_SIGMAS`` in a volume). Windows are binned by radius and each bin is cut into chunks of bounded
-size. Inside a chunk the exponent of every Gaussian over its window is one matrix product:
-with ``d = delta + o`` (``delta``: window centre minus Gaussian centre, ``o``: the sample's
-offset from the window centre), ``-1/2 d^T Q d`` is a quadratic polynomial in ``o`` whose
+distance is below the cutoff (3 on the detector, ``VOXEL_CUTOFF_SIGMAS`` in a volume).
+Windows are binned by radius and each bin is cut into chunks of bounded size. Inside a chunk
+the exponent of every Gaussian over its window is one matrix product: with ``d = delta + o``
+(``delta``: window centre minus Gaussian centre, ``o``: the sample's offset from the window
+centre), ``-1/2 d^T Q d`` is a quadratic polynomial in ``o`` whose
 coefficients belong to the Gaussian and whose monomials belong to the window sample. A custom
 autograd function accumulates windows with ``index_add_`` and, in backward, recomputes each
 chunk to get the gradients of the coefficients and amplitudes; the rest of the chain (projection,
@@ -233,13 +234,14 @@ def _splat(
     view_base: torch.Tensor,
     numel: int,
     chunk_elements: int,
+    cutoff_sigmas: float,
     active: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Flat sum over (``active``) splats of ``amplitude * exp(-1/2 (x - c)^T cov^-1 (x - c))``
     at the integer sample positions of a grid of ``sizes`` whose flat index is ``x . strides``
     (plus ``view_base`` per splat). ``centres`` and ``covariances`` are float64 in sample
-    index units, axes ordered as ``sizes``. Detector footprints (2-D) and voxel grids (3-D)
-    have their own cutoff radius (see ``VOXEL_CUTOFF_SIGMAS``)."""
+    index units, axes ordered as ``sizes``. Each splat is cut at Mahalanobis distance
+    ``cutoff_sigmas``."""
     layout = _layout(
         centres.detach(),
         covariances.detach(),
@@ -250,7 +252,7 @@ def _splat(
         chunk_elements,
         amplitudes.dtype,
         active,
-        CUTOFF_SIGMAS if centres.shape[1] == 2 else VOXEL_CUTOFF_SIGMAS,
+        cutoff_sigmas,
     )
     precision = inverse_symmetric(covariances[layout.order])
     delta = layout.anchors - centres[layout.order]
@@ -327,6 +329,7 @@ class TorchBackend:
             torch.arange(views, device=means.device).repeat_interleave(means.shape[0]) * (height * width),
             views * height * width,
             self._chunk_elements(means.device),
+            CUTOFF_SIGMAS,
             front.reshape(-1),
         )
         return flat.reshape(views, height, width)
@@ -354,5 +357,6 @@ class TorchBackend:
             torch.zeros(means.shape[0], dtype=torch.long, device=means.device),
             math.prod(grid.shape),
             self._chunk_elements(means.device),
+            VOXEL_CUTOFF_SIGMAS,
         )
         return flat.reshape(grid.shape)
