@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,25 +14,7 @@ import numpy as np
 from ixgs_engine import __version__
 from ixgs_engine.device import resolve_device
 from ixgs_engine.errors import IXGSError
-
-
-def _progress_bar(description: str, unit: str = "view") -> Callable[..., None]:
-    """A tqdm bar on stderr driven by ``(done, total[, info])`` callbacks; ``info`` (a log
-    entry) shows the loss and the number of Gaussians."""
-    from tqdm import tqdm
-
-    bar: dict = {}
-
-    def update(done: int, total: int, info: dict | None = None) -> None:
-        if "bar" not in bar:
-            bar["bar"] = tqdm(total=total, initial=done - 1, desc=description, unit=unit, file=sys.stderr, leave=False)
-        bar["bar"].update(done - bar["bar"].n)
-        if info is not None and done % 10 == 0:
-            bar["bar"].set_postfix(loss=f"{info['loss']:.4f}", gaussians=info["gaussians"], refresh=False)
-        if done >= total:
-            bar["bar"].close()
-
-    return update
+from ixgs_engine.progress import progress_bar
 
 
 def _add_simulate(subparsers) -> None:
@@ -112,7 +94,7 @@ def _run_simulate(args) -> int:
         poses = arbitrary_poses(args.views, tuple(args.primary_range), tuple(args.secondary_range),
                                 args.isocenter_jitter, isocenter, args.seed)
     path = simulate_scan(
-        output, attenuation, poses, setup, str(resolve_device(args.device)), _progress_bar("projecting"),
+        output, attenuation, poses, setup, str(resolve_device(args.device)), progress_bar("projecting"),
         args.photons, args.seed, circular=args.orbit == "circular",
     )
     width, height = setup.detector.pixels
@@ -210,7 +192,7 @@ def _run_reconstruct(args) -> int:
 
     summary, _ = reconstruct_scan(
         args.scan, args.output, _config_from(args), args.device, args.resume, args.voxel_size, args.format,
-        args.threshold, progress=_progress_bar("reconstructing", "it"),
+        args.threshold, progress=progress_bar("reconstructing", "it"),
     )
     print(summary.line())
     return 0
@@ -241,12 +223,12 @@ def _run_demo(args) -> int:
     field_of_view = 192.0
     truth = simulate_phantom_scan(
         output / "scan", "spine", args.phantom_size, field_of_view / args.phantom_size, args.views,
-        args.detector_pixels, 409.6 / args.detector_pixels, str(resolve_device(args.device)), _progress_bar("projecting"),
+        args.detector_pixels, 409.6 / args.detector_pixels, str(resolve_device(args.device)), progress_bar("projecting"),
     )
     summary, volume = reconstruct_scan(
         output / "scan", output / "reconstruction", _config_from(args), args.device,
         voxel_size=field_of_view / args.phantom_size, volume_format=args.format, threshold=args.threshold,
-        progress=_progress_bar("reconstructing", "it"),
+        progress=progress_bar("reconstructing", "it"),
     )
     metrics = {"psnr_3d_db": psnr_3d(volume, truth), "ssim_3d": ssim_3d(volume, truth),
                "views": args.views, "reconstruction_seconds": summary.total_seconds}

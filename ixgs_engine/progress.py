@@ -1,0 +1,59 @@
+"""Progress reporting for long jobs: a tqdm bar for people, JSON lines for programs.
+
+Every long command reports through ``progress_bar``. With the environment variable
+``IXGS_PROGRESS=jsonl`` (set by the Slicer modules, which run the engine in a separate
+process) each update is instead one JSON object per line on stderr::
+
+    {"progress": "reconstructing", "done": 120, "total": 1000, "loss": 0.0123, "gaussians": 30000}
+
+so a front end can show a progress bar and the live loss without parsing terminal output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+
+PROGRESS_FORMAT_VARIABLE = "IXGS_PROGRESS"
+
+ProgressCallback = Callable[..., None]
+
+
+def _json_lines(description: str) -> ProgressCallback:
+    def update(done: int, total: int, info: dict | None = None) -> None:
+        record: dict = {"progress": description, "done": int(done), "total": int(total)}
+        for key, value in (info or {}).items():
+            if isinstance(value, (int, float, str, bool)):
+                record[key] = value
+        print(json.dumps(record), file=sys.stderr, flush=True)
+
+    return update
+
+
+def _terminal_bar(description: str, unit: str) -> ProgressCallback:
+    from tqdm import tqdm
+
+    bar: dict = {}
+
+    def update(done: int, total: int, info: dict | None = None) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, initial=done - 1, desc=description, unit=unit, file=sys.stderr, leave=False)
+        bar["bar"].update(done - bar["bar"].n)
+        if info is not None and done % 10 == 0:
+            shown = {key: (f"{value:.4g}" if isinstance(value, float) else value) for key, value in info.items()
+                     if key in ("loss", "gaussians", "l1", "psnr")}
+            bar["bar"].set_postfix(shown, refresh=False)
+        if done >= total:
+            bar["bar"].close()
+
+    return update
+
+
+def progress_bar(description: str, unit: str = "view") -> ProgressCallback:
+    """A ``(done, total[, info])`` callback: a terminal bar on stderr, or JSON lines when
+    ``IXGS_PROGRESS=jsonl``. ``info`` (e.g. a training log entry) adds the loss and similar values."""
+    if os.environ.get(PROGRESS_FORMAT_VARIABLE, "").lower() == "jsonl":
+        return _json_lines(description)
+    return _terminal_bar(description, unit)
