@@ -21,6 +21,8 @@ cut where it is negligible: footprints at Mahalanobis distance 3 on the detector
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -62,7 +64,10 @@ class RenderBackend(Protocol):
 
 _BACKENDS: dict[str, str | Callable[[], RenderBackend]] = {
     "torch": "ixgs_engine.render.torch_backend:TorchBackend",
+    "triton": "ixgs_engine.render.triton_backend:TritonBackend",
 }
+BACKEND_VARIABLE = "IXGS_RENDER_BACKEND"  # auto (default), torch or triton: what select_backend uses
+_log = logging.getLogger(__name__)
 
 
 def register_backend(name: str, factory: str | Callable[[], RenderBackend]) -> None:
@@ -85,6 +90,32 @@ def get_backend(name: str = "torch") -> RenderBackend:
         module_name, attribute = factory.split(":")
         factory = getattr(importlib.import_module(module_name), attribute)
     return factory()
+
+
+def select_backend(device: torch.device | str, name: str | None = None) -> RenderBackend:
+    """The backend for a run on ``device``: ``name``, else the ``IXGS_RENDER_BACKEND`` environment
+    variable, else ``auto``. Auto picks the fast Triton backend on a CUDA GPU where it installs,
+    compiles and passes its self-test, else the torch reference, and logs one line saying which
+    and why (a warning when a GPU falls back). A named backend is used as is."""
+    choice = name or os.environ.get(BACKEND_VARIABLE) or "auto"
+    if choice != "auto":
+        return get_backend(choice)
+    device = torch.device(device)
+    if device.type != "cuda":
+        _log.info("render backend: torch (device %s)", device)
+        return get_backend("torch")
+    try:
+        fast = get_backend("triton")
+        fast.check_device(device)  # type: ignore[attr-defined]
+    except ImportError as error:
+        _log.warning("render backend: torch, not the fast GPU one: %s (pip install triton)", error)
+        return get_backend("torch")
+    except Exception as error:  # compile or driver failures included: fall back, never crash
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        _log.warning("render backend: torch, not the fast GPU one: %s", first_line)
+        return get_backend("torch")
+    _log.info("render backend: triton on %s", torch.cuda.get_device_name(device))
+    return fast
 
 
 def normalized_grid(grid: VolumeGrid, normalization: SceneNormalization) -> VolumeGrid:

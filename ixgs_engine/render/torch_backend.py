@@ -104,6 +104,35 @@ def _quadratic_coefficients(delta: torch.Tensor, precision: torch.Tensor) -> tor
 
 
 @dataclass(frozen=True)
+class SampleGrid:
+    """Where splats are summed: the integer sample positions of a grid of ``sizes`` (x first), one
+    copy per view, at flat index ``view * prod(sizes) + x . strides``; every splat is cut at
+    Mahalanobis distance ``cutoff_sigmas``."""
+
+    sizes: tuple[int, ...]
+    strides: tuple[int, ...]
+    views: int
+    cutoff_sigmas: float
+
+    @property
+    def numel(self) -> int:
+        return self.views * math.prod(self.sizes)
+
+
+@dataclass(frozen=True)
+class Splats:
+    """Gaussians in the sample index units of a :class:`SampleGrid`: centres (K, d) and covariances
+    (K, d, d) in float64, amplitudes (K,), the view (K,) each is drawn in, and which take part (K,
+    bool; None: all)."""
+
+    centres: torch.Tensor
+    covariances: torch.Tensor
+    amplitudes: torch.Tensor
+    view: torch.Tensor
+    active: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
 class _Chunk:
     """Consecutive splats (in layout order) sharing one window shape."""
 
@@ -133,32 +162,30 @@ def _bin_radius(radius: torch.Tensor) -> torch.Tensor:
     return torch.where(radius <= _EXACT_RADII, radius, binned)
 
 
-def _layout(
-    centres: torch.Tensor,
-    covariances: torch.Tensor,
-    sizes: Sequence[int],
-    strides: Sequence[int],
-    view_base: torch.Tensor,
-    numel: int,
-    chunk_elements: int,
-    dtype: torch.dtype,
-    active: torch.Tensor | None,
-    cutoff_sigmas: float,
-) -> _Layout:
-    """Cull inactive splats, those whose cutoff box holds no sample and those with a
-    degenerate covariance, then give each a window of side ``min(2R + 1, n)`` per axis, R
-    binned, that covers the samples of its cutoff box inside the grid."""
-    device = centres.device
-    n = torch.tensor(list(sizes), dtype=torch.float64, device=device)
-    stride = torch.tensor(list(strides), dtype=torch.long, device=device)
-    half = cutoff_sigmas * torch.sqrt(torch.diagonal(covariances, dim1=1, dim2=2).clamp_min(0.0))
+def cutoff_boxes(splats: Splats, grid: SampleGrid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Indices of the splats to draw (active, with a non-degenerate covariance and a sample inside
+    their cutoff box) and every splat's cutoff box clipped to the grid: integer-valued float64
+    lower and upper sample coordinates (K, d)."""
+    centres, covariances = splats.centres.detach(), splats.covariances.detach()
+    n = torch.tensor(list(grid.sizes), dtype=torch.float64, device=centres.device)
+    half = grid.cutoff_sigmas * torch.sqrt(torch.diagonal(covariances, dim1=1, dim2=2).clamp_min(0.0))
     low = torch.ceil(centres - half).clamp_min(0.0)
     high = torch.minimum(torch.floor(centres + half), n - 1.0)
     det = _adjugate_symmetric(covariances)[1]
     keep = (low <= high).all(dim=1) & (det > 0) & torch.isfinite(det)
-    if active is not None:
-        keep &= active
-    keep = torch.nonzero(keep).squeeze(1)
+    if splats.active is not None:
+        keep &= splats.active
+    return torch.nonzero(keep).squeeze(1), low, high
+
+
+def _layout(splats: Splats, grid: SampleGrid, chunk_elements: int) -> _Layout:
+    """Cull the splats :func:`cutoff_boxes` drops, then give each kept one a window of side
+    ``min(2R + 1, n)`` per axis, R binned, that covers the samples of its cutoff box inside the grid."""
+    device = splats.centres.device
+    sizes, numel = grid.sizes, grid.numel
+    n = torch.tensor(list(sizes), dtype=torch.float64, device=device)
+    stride = torch.tensor(list(grid.strides), dtype=torch.long, device=device)
+    keep, low, high = cutoff_boxes(splats, grid)
     radius = _bin_radius(torch.ceil((high[keep] - low[keep]).amax(dim=1) / 2.0))
     radius, sort = torch.sort(radius, stable=True)
     order = keep[sort]
@@ -166,23 +193,23 @@ def _layout(
     origin = torch.minimum(low[order], n - width)
     anchors = origin + (width - 1.0) / 2.0
     index_dtype = torch.int32 if numel < 2**31 else torch.long
-    base = (view_base[order] + (origin.long() * stride).sum(dim=1)).to(index_dtype)
+    base = (splats.view[order] * math.prod(sizes) + (origin.long() * stride).sum(dim=1)).to(index_dtype)
 
     chunks: list[_Chunk] = []
     start = 0
     values, counts = torch.unique_consecutive(radius, return_counts=True)
-    for r, count in zip(values.tolist(), counts.tolist()):
+    for r, count in zip(values.tolist(), counts.tolist(), strict=True):
         shape = [min(2 * int(r) + 1, s) for s in sizes]
         axes = torch.meshgrid(*(torch.arange(k, dtype=torch.float64, device=device) for k in shape), indexing="ij")
         samples = torch.stack([axis.reshape(-1) for axis in axes], dim=1)
         centre = (torch.tensor(shape, dtype=torch.float64, device=device) - 1.0) / 2.0
-        basis = _quadratic_basis(samples - centre).to(dtype)
+        basis = _quadratic_basis(samples - centre).to(splats.amplitudes.dtype)
         offsets = (samples.long() * stride).sum(dim=1).to(index_dtype)
         per_chunk = max(1, chunk_elements // samples.shape[0])
         for first in range(start, start + count, per_chunk):
             chunks.append(_Chunk(first, min(first + per_chunk, start + count), basis, offsets))
         start += count
-    return _Layout(order, anchors, base, chunks, numel, math.exp(-0.5 * cutoff_sigmas**2))
+    return _Layout(order, anchors, base, chunks, numel, math.exp(-0.5 * grid.cutoff_sigmas**2))
 
 
 def _window_values(coefficients: torch.Tensor, basis: torch.Tensor, cutoff_value: float) -> torch.Tensor:
@@ -225,37 +252,13 @@ class _WindowSum(torch.autograd.Function):
         return grad_coefficients, grad_amplitudes, None
 
 
-def _splat(
-    centres: torch.Tensor,
-    covariances: torch.Tensor,
-    amplitudes: torch.Tensor,
-    sizes: Sequence[int],
-    strides: Sequence[int],
-    view_base: torch.Tensor,
-    numel: int,
-    chunk_elements: int,
-    cutoff_sigmas: float,
-    active: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Flat sum over (``active``) splats of ``amplitude * exp(-1/2 (x - c)^T cov^-1 (x - c))``
-    at the integer sample positions of a grid of ``sizes`` whose flat index is ``x . strides``
-    (plus ``view_base`` per splat). ``centres`` and ``covariances`` are float64 in sample
-    index units, axes ordered as ``sizes``. Each splat is cut at Mahalanobis distance
-    ``cutoff_sigmas``."""
-    layout = _layout(
-        centres.detach(),
-        covariances.detach(),
-        sizes,
-        strides,
-        view_base,
-        numel,
-        chunk_elements,
-        amplitudes.dtype,
-        active,
-        cutoff_sigmas,
-    )
-    precision = inverse_symmetric(covariances[layout.order])
-    delta = layout.anchors - centres[layout.order]
+def _splat(splats: Splats, grid: SampleGrid, chunk_elements: int) -> torch.Tensor:
+    """Flat sum over the (active) splats of ``amplitude * exp(-1/2 (x - c)^T cov^-1 (x - c))`` at
+    the samples of ``grid``, each cut at ``grid.cutoff_sigmas``."""
+    layout = _layout(splats, grid, chunk_elements)
+    precision = inverse_symmetric(splats.covariances[layout.order])
+    delta = layout.anchors - splats.centres[layout.order]
+    amplitudes = splats.amplitudes
     coefficients = _quadratic_coefficients(delta, precision).to(amplitudes.dtype)
     return _WindowSum.apply(coefficients, amplitudes[layout.order], layout)
 
@@ -273,6 +276,11 @@ class TorchBackend:
         if self.chunk_elements is not None:
             return int(self.chunk_elements)
         return CPU_CHUNK_ELEMENTS if device.type == "cpu" else GPU_CHUNK_ELEMENTS
+
+    def _accumulate(self, splats: Splats, grid: SampleGrid) -> torch.Tensor:
+        """The per-sample stage of render and voxelize (:func:`_splat`'s contract): the part a
+        faster backend replaces, keeping the per-Gaussian geometry above."""
+        return _splat(splats, grid, self._chunk_elements(splats.centres.device))
 
     def render(
         self,
@@ -320,18 +328,14 @@ class TorchBackend:
         footprint = torch.stack([cov_uu, cov_uv, cov_uv, cov_vv], dim=-1)
         if screen_offsets is not None:
             projected = projected + screen_offsets.to(torch.float64)
-        flat = _splat(
+        splats = Splats(
             projected.reshape(-1, 2),
             footprint.reshape(-1, 2, 2),
             amplitudes.reshape(-1),
-            (width, height),
-            (1, width),
-            torch.arange(views, device=means.device).repeat_interleave(means.shape[0]) * (height * width),
-            views * height * width,
-            self._chunk_elements(means.device),
-            CUTOFF_SIGMAS,
+            torch.arange(views, device=means.device).repeat_interleave(means.shape[0]),
             front.reshape(-1),
         )
+        flat = self._accumulate(splats, SampleGrid((width, height), (1, width), views, CUTOFF_SIGMAS))
         return flat.reshape(views, height, width)
 
     def voxelize(
@@ -348,15 +352,6 @@ class TorchBackend:
         # A Sigma A^T for every Gaussian at once: row-major vec(A S A^T) = (A kron A) vec(S).
         sigma = (covariances.to(torch.float64).reshape(-1, 9) @ torch.kron(to_index, to_index).T).reshape(-1, 3, 3)
         nx, ny, nz = grid.size_ijk
-        flat = _splat(
-            centres,
-            sigma,
-            densities,
-            (nx, ny, nz),
-            (1, nx, nx * ny),
-            torch.zeros(means.shape[0], dtype=torch.long, device=means.device),
-            math.prod(grid.shape),
-            self._chunk_elements(means.device),
-            VOXEL_CUTOFF_SIGMAS,
-        )
+        splats = Splats(centres, sigma, densities, torch.zeros(means.shape[0], dtype=torch.long, device=means.device))
+        flat = self._accumulate(splats, SampleGrid((nx, ny, nz), (1, nx, nx * ny), 1, VOXEL_CUTOFF_SIGMAS))
         return flat.reshape(grid.shape)
