@@ -1,0 +1,164 @@
+"""Running the ``ixgs`` engine in a separate process and reading its progress (no Qt, no Slicer).
+
+The Slicer modules never run long jobs in the GUI process: they start
+``PythonSlicer -m ixgs_engine <command> ...`` with ``IXGS_PROGRESS=jsonl`` and read its stderr,
+where the engine writes one JSON object per progress update (see ``ixgs_engine.progress``).
+This module builds those command lines and environments and turns the stderr byte stream into
+progress events and log lines; the Qt side (``qt_process``) only moves bytes and signals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ixgs_engine.progress import PROGRESS_FORMAT_VARIABLE
+
+
+def python_executable() -> str:
+    """The interpreter for engine processes: Slicer's ``PythonSlicer`` launcher when it exists
+    (it sets up Slicer's Python environment), else this interpreter (tests, plain Python)."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+def engine_command(arguments: Sequence[str]) -> list[str]:
+    """The full command line that runs ``ixgs <arguments>`` with the Python of this application."""
+    return [python_executable(), "-m", "ixgs_engine", *[str(argument) for argument in arguments]]
+
+
+def engine_environment(base: dict[str, str] | None = None, engine_parent: str | Path | None = None) -> dict[str, str]:
+    """Environment for an engine process: JSON-lines progress, unbuffered output, and
+    ``engine_parent`` (the folder that holds the ``ixgs_engine`` package, when it is not installed)
+    first on PYTHONPATH."""
+    environment = dict(os.environ if base is None else base)
+    environment[PROGRESS_FORMAT_VARIABLE] = "jsonl"
+    environment["PYTHONUNBUFFERED"] = "1"
+    if engine_parent is not None:
+        paths = [str(engine_parent)] + [p for p in environment.get("PYTHONPATH", "").split(os.pathsep) if p]
+        environment["PYTHONPATH"] = os.pathsep.join(paths)
+    return environment
+
+
+def reconstruct_arguments(
+    scan: str | Path, output: str | Path, preset: str, device: str, iterations: int | None = None,
+    voxel_size: float | None = None, resume: bool = False,
+) -> list[str]:
+    """``ixgs reconstruct`` arguments (the command-line contract between the GUI and the engine)."""
+    arguments = ["reconstruct", str(scan), "-o", str(output), "--preset", preset, "--device", device]
+    if iterations:
+        arguments += ["--iterations", str(int(iterations))]
+    if voxel_size:
+        arguments += ["--voxel-size", f"{float(voxel_size):g}"]
+    if resume:
+        arguments.append("--resume")
+    return arguments
+
+
+def poses_detect_arguments(scan: str | Path, phantom: str | Path, output: str | Path) -> list[str]:
+    """``ixgs poses detect`` arguments: detections.json and overlay pictures in ``output``."""
+    return ["poses", "detect", str(scan), "--phantom", str(phantom), "-o", str(output), "--overwrite"]
+
+
+def poses_estimate_arguments(
+    scan: str | Path, phantom: str | Path, output: str | Path, points: str | Path | None = None,
+    detections: str | Path | None = None,
+) -> list[str]:
+    """``ixgs poses estimate`` arguments: the automatic ``detections`` (from detect; re-detected
+    when None) joined by the user's manual ``points`` (POINTS_JSON)."""
+    arguments = ["poses", "estimate", str(scan), "--phantom", str(phantom), "-o", str(output), "--overwrite"]
+    if detections is not None:
+        arguments += ["--detections", str(detections)]
+    if points is not None:
+        arguments += ["--points", str(points)]
+    return arguments
+
+
+def standardize_train_arguments(
+    pairs: str | Path, model: str | Path, config: str, steps: int | None = None, resume: bool = False
+) -> list[str]:
+    """``ixgs standardize train`` arguments."""
+    arguments = ["standardize", "train", str(pairs), "-o", str(model), "--config", config]
+    if steps:
+        arguments += ["--steps", str(int(steps))]
+    if resume:
+        arguments.append("--resume")
+    return arguments
+
+
+def standardize_apply_arguments(model: str | Path, scan: str | Path, output: str | Path) -> list[str]:
+    """``ixgs standardize apply`` arguments; an existing output scan is replaced."""
+    return ["standardize", "apply", str(model), str(scan), "-o", str(output), "--overwrite"]
+
+
+@dataclass
+class ProgressEvent:
+    """One progress update of the engine: ``stage`` (e.g. "reconstructing"), ``done`` of
+    ``total`` steps, and the numbers it carried (loss, gaussians, ...)."""
+
+    stage: str
+    done: int
+    total: int
+    values: dict = field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float:
+        return min(max(self.done / self.total, 0.0), 1.0) if self.total > 0 else 0.0
+
+
+def parse_progress_line(line: str) -> ProgressEvent | None:
+    """The progress event a stderr line holds, or None for any other line (warnings, errors)."""
+    text = line.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(record, dict) or not {"progress", "done", "total"} <= record.keys():
+        return None
+    values = {key: value for key, value in record.items() if key not in ("progress", "done", "total")}
+    return ProgressEvent(str(record["progress"]), int(record["done"]), int(record["total"]), values)
+
+
+class OutputReader:
+    """Splits a process's output, arriving in arbitrary chunks, into complete lines, and sorts
+    them into progress events and plain log lines (the last log line is the one-line summary
+    or the error message)."""
+
+    def __init__(self) -> None:
+        self._pending = ""
+        self.log_lines: list[str] = []
+        self.last_progress: ProgressEvent | None = None
+
+    def feed(self, chunk: bytes | str) -> tuple[list[ProgressEvent], list[str]]:
+        """Add a chunk; return the progress events and log lines it completed."""
+        text = chunk.decode("utf-8", errors="replace") if isinstance(chunk, bytes) else chunk
+        lines = (self._pending + text).replace("\r\n", "\n").split("\n")
+        self._pending = lines.pop()
+        return self._sort(lines)
+
+    def finish(self) -> tuple[list[ProgressEvent], list[str]]:
+        """Flush a last line that had no newline (call when the process ends)."""
+        rest, self._pending = self._pending, ""
+        return self._sort([rest] if rest else [])
+
+    def _sort(self, lines: list[str]) -> tuple[list[ProgressEvent], list[str]]:
+        events, logs = [], []
+        for line in lines:
+            event = parse_progress_line(line)
+            if event is not None:
+                events.append(event)
+                self.last_progress = event
+            elif line.strip():
+                logs.append(line.rstrip())
+        self.log_lines += logs
+        return events, logs
+
+    def last_message(self) -> str:
+        """The last plain line (the engine's summary or its one-line error), or ''."""
+        return self.log_lines[-1] if self.log_lines else ""

@@ -1,0 +1,294 @@
+"""The Slicer extension without Slicer: module files compile, .ui files parse and match the code
+and the parameter nodes, CMake lists every script and resource, and the GUI-free helpers of
+IXGSReconstructionLib (engine processes, dependencies, scan assembly, POINTS_JSON) work against
+the real engine."""
+
+import ast
+import json
+import py_compile
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ixgs_engine.cli import build_parser
+from ixgs_engine.geometry.carm import Detector, carm_projection_matrix
+from ixgs_engine.geometry.projection import normalize_projection_matrix
+from ixgs_engine.geometry.roi import ROI
+from ixgs_engine.io.scan import load_projections, read_scan, write_scan
+from ixgs_engine.io.xray_images import write_xray_image
+from ixgs_engine.poses.detection import read_points
+from ixgs_engine.poses.scans import read_pose_scan
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = ("IXGSReconstruction", "IXGSStandardize")
+sys.path.insert(0, str(ROOT / "IXGSReconstruction"))
+
+from IXGSReconstructionLib import dependencies, engine_process, points_file, scan_files  # noqa: E402
+
+
+def module_python_files(module: str) -> list[Path]:
+    return sorted(p for p in (ROOT / module).rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def cmake_list(text: str, variable: str, module: str) -> set[str]:
+    match = re.search(rf"set\({variable}\s+(.*?)\)", text, re.DOTALL)
+    assert match, f"{variable} is not set"
+    return {entry.replace("${MODULE_NAME}", module) for entry in match.group(1).split()}
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_python_files_compile(module, tmp_path):
+    files = module_python_files(module)
+    assert ROOT / module / f"{module}.py" in files
+    for path in files:
+        py_compile.compile(str(path), cfile=str(tmp_path / (path.name + "c")), doraise=True)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_cmake_lists_every_script_and_resource(module):
+    text = (ROOT / module / "CMakeLists.txt").read_text()
+    scripts = cmake_list(text, "MODULE_PYTHON_SCRIPTS", module)
+    resources = cmake_list(text, "MODULE_PYTHON_RESOURCES", module)
+    on_disk = {p.relative_to(ROOT / module).as_posix() for p in module_python_files(module)}
+    assert scripts == on_disk
+    resource_files = {p.relative_to(ROOT / module).as_posix() for p in (ROOT / module / "Resources").rglob("*")
+                      if p.is_file()}
+    assert resources == resource_files
+    assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    top = (ROOT / "CMakeLists.txt").read_text()
+    assert f"add_subdirectory({module})" in top
+
+
+def test_extension_metadata_and_index_entry_agree():
+    top = (ROOT / "CMakeLists.txt").read_text()
+    metadata = dict(re.findall(r'set\((EXTENSION_\w+) "([^"]*)"\)', top))
+    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
+        assert f"EXTENSION_{key}" in metadata
+    for line in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "include(${Slicer_EXTENSION_CPACK})"):
+        assert line in top
+    entry = json.loads((ROOT / "IXGS.json").read_text())
+    assert entry["category"] == metadata["EXTENSION_CATEGORY"]
+    assert entry["build_dependencies"] == metadata["EXTENSION_DEPENDS"].split()
+    assert entry["scm_url"].startswith("https://") and entry["scm_revision"] and entry["tier"] in (1, 3, 5)
+    assert metadata["EXTENSION_ICONURL"].endswith("Resources/Icons/IXGS.png")
+    with Image.open(ROOT / "Resources" / "Icons" / "IXGS.png") as icon:
+        assert icon.size == (128, 128)
+
+
+def parameter_node_fields(source: str) -> set[str]:
+    """Annotated fields of the class decorated with @parameterNodeWrapper."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef) and any(getattr(d, "id", None) == "parameterNodeWrapper"
+                                                  for d in node.decorator_list):
+            return {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
+    raise AssertionError("no @parameterNodeWrapper class")
+
+
+def ui_widget_names(source: str) -> set[str]:
+    """Names used as ``self.ui.<name>`` in a module."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui"
+                and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"):
+            names.add(node.attr)
+    return names
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ui_file_parses_and_matches_the_widget_and_parameter_node(module):
+    tree = ElementTree.parse(ROOT / module / "Resources" / "UI" / f"{module}.ui")
+    root = tree.getroot()
+    assert root.tag == "ui" and root.findtext("class") == module
+    assert root.find("widget").get("class") == "qMRMLWidget"
+    widgets = {w.get("name"): w for w in root.iter("widget")}
+    bound = {w.find("property[@name='SlicerParameterName']/string").text
+             for w in widgets.values() if w.find("property[@name='SlicerParameterName']") is not None}
+    source = (ROOT / module / f"{module}.py").read_text()
+    fields = parameter_node_fields(source)
+    assert bound <= fields, f"widgets bound to unknown parameters: {bound - fields}"
+    missing = ui_widget_names(source) - set(widgets)
+    assert not missing, f"the code uses widgets the .ui lacks: {missing}"
+    for combo in (w for w in widgets.values() if w.get("class") == "qMRMLNodeComboBox"):
+        receivers = {c.findtext("receiver") for c in root.iter("connection")
+                     if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"}
+        assert combo.get("name") in receivers, f"{combo.get('name')} never gets the scene"
+    assert f'self.resourcePath("UI/{module}.ui")' in source and "uiWidget.setMRMLScene(slicer.mrmlScene)" in source
+    with Image.open(ROOT / module / "Resources" / "Icons" / f"{module}.png") as icon:
+        assert icon.size == (128, 128)
+
+
+def test_module_level_imports_need_only_what_slicer_bundles():
+    """The modules must load in a fresh Slicer, before the engine's other dependencies are installed."""
+    missing = {"torch", "scipy", "tifffile", "PIL", "tqdm", "pylibjpeg", "pytorch_msssim"}
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {missing!r}:\n"
+        "            raise ImportError('not installed in a fresh Slicer: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"sys.path.insert(0, {str(ROOT / 'IXGSReconstruction')!r})\n"
+        "from IXGSReconstructionLib import dependencies, engine_process, mrml_bridge, points_file\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    for module in MODULES:
+        tree = ast.parse((ROOT / module / f"{module}.py").read_text())
+        top_level = {alias.name for node in tree.body if isinstance(node, ast.ImportFrom)
+                     and node.module == "IXGSReconstructionLib" for alias in node.names}
+        assert top_level <= {"dependencies", "engine_process", "mrml_bridge", "points_file"}, top_level
+
+
+def test_engine_process_reads_progress_and_summary_of_a_real_run(tmp_path):
+    """Simulate and reconstruct a tiny scan in engine processes; feed their output in awkward
+    chunks (as a pipe delivers it) to the reader the GUI uses."""
+    environment = engine_process.engine_environment(engine_parent=ROOT)
+    environment["OMP_NUM_THREADS"] = "1"
+    simulate = ["simulate", "-o", str(tmp_path / "scan"), "--phantom-size", "24", "--phantom-spacing", "8",
+                "--views", "5", "--detector-pixels", "40", "40", "--pixel-size", "8"]
+    reconstruct = engine_process.reconstruct_arguments(tmp_path / "scan", tmp_path / "run", "fast", "cpu", 8, 8.0)
+    assert build_parser().parse_args(reconstruct).iterations == 8
+    for arguments in (simulate, reconstruct + ["--gaussians", "300"]):
+        completed = subprocess.run(engine_process.engine_command(arguments), env=environment, capture_output=True,
+                                   timeout=300)
+        assert completed.returncode == 0, completed.stderr.decode()[-2000:]
+        reader = engine_process.OutputReader()
+        stream = completed.stderr + completed.stdout
+        events = []
+        for start in range(0, len(stream), 37):
+            events += reader.feed(stream[start:start + 37])[0]
+        events += reader.finish()[0]
+        assert events and events[-1].done == events[-1].total and events[-1].fraction == 1.0
+        assert [e.done for e in events] == sorted(e.done for e in events)
+    assert all(np.isfinite(e.values["loss"]) for e in events)
+    assert reader.last_message().startswith("reconstructed 5 views") and "volume.nrrd" in reader.last_message()
+    assert (tmp_path / "run" / "volume.nrrd").is_file()
+
+
+def test_progress_lines_are_told_from_other_output():
+    event = engine_process.parse_progress_line('{"progress": "training", "done": 3, "total": 12, "l1": 0.5}\n')
+    assert (event.stage, event.done, event.total) == ("training", 3, 12)
+    assert (event.values, event.fraction) == ({"l1": 0.5}, 0.25)
+    for line in ("warning: something", '{"not": "progress"}', "{broken json", "[1, 2]"):
+        assert engine_process.parse_progress_line(line) is None
+    reader = engine_process.OutputReader()
+    assert reader.feed(b'{"progress": "x", "done": 1, "total": 2}\r\nlast line') == ([reader.last_progress], [])
+    assert reader.finish() == ([], ["last line"])
+
+
+def test_engine_environment_and_commands(tmp_path):
+    environment = engine_process.engine_environment({"PYTHONPATH": "/elsewhere"}, tmp_path)
+    assert environment["IXGS_PROGRESS"] == "jsonl"
+    assert environment["PYTHONPATH"].split(engine_process.os.pathsep) == [str(tmp_path), "/elsewhere"]
+    command = engine_process.engine_command(["info", tmp_path])
+    assert command[1:] == ["-m", "ixgs_engine", "info", str(tmp_path)]
+
+
+def test_dependencies_never_touch_slicers_packages_and_find_the_engine(tmp_path):
+    requirements = dict(dependencies.ENGINE_REQUIREMENTS, numpy="numpy>=2", SimpleITK="SimpleITK")
+    missing = dependencies.missing_requirements(requirements, importable=lambda name: name == "scipy")
+    assert "numpy>=2" not in missing and "SimpleITK" not in missing and "scipy>=1.10" not in missing
+    assert "tifffile>=2023.1" in missing
+    calls = []
+    assert dependencies.install_missing(calls.append, ["tqdm>=4.60"]) == ["tqdm>=4.60"]
+    assert calls == ["--no-deps tqdm>=4.60"]
+    assert dependencies.engine_parent_folder(ROOT / "IXGSReconstruction") == ROOT
+    assert dependencies.engine_parent_folder(tmp_path) is None
+    assert dependencies.device_summary(True, "H100")[0] == "cuda"
+    device, message = dependencies.device_summary(False)
+    assert device == "cpu" and "CPU" in message
+
+
+def write_views(folder: Path, count: int) -> tuple[list[Path], list[np.ndarray]]:
+    detector = Detector((32, 24), (2.0, 2.0))
+    images, matrices = [], []
+    for index in range(count):
+        pixels = np.random.default_rng(index).uniform(0.0, 2.0, size=(24, 32)).astype(np.float32)
+        path = folder / f"raw{index}.tif"
+        write_xray_image(path, pixels)
+        images.append(path)
+        matrices.append(carm_projection_matrix(40.0 * index, 10.0, 600.0, 1000.0, detector))
+    return images, matrices
+
+
+def test_build_scan_from_images_and_matrix_files(tmp_path):
+    images, matrices = write_views(tmp_path, 3)
+    matrix_files = []
+    for index, matrix in enumerate(matrices):
+        path = tmp_path / f"view{index}.txt"
+        np.savetxt(path, 3.5 * matrix)  # any positive scale
+        matrix_files.append(path)
+    scan_files.build_scan(tmp_path / "scan", images, matrix_files, "line_integral")
+    scan = read_scan(tmp_path / "scan")
+    np.testing.assert_allclose([normalize_projection_matrix(m) for m in scan.matrices],
+                               [normalize_projection_matrix(m) for m in matrices], atol=1e-9)
+    projections = load_projections(scan)
+    np.testing.assert_array_equal(projections.values[2], np.asarray(Image.open(images[2]), dtype=np.float32))
+    scan_files.build_scan(tmp_path / "uncalibrated", images, None, "radiograph")
+    assert [v.nominal_matrix for v in read_pose_scan(tmp_path / "uncalibrated").views] == [None] * 3
+    with pytest.raises(Exception, match="give one per image"):
+        scan_files.build_scan(tmp_path / "bad", images, matrix_files[:2])
+    (tmp_path / "short.txt").write_text("1 2 3")
+    with pytest.raises(Exception, match="holds 3 numbers"):
+        scan_files.read_matrix_file(tmp_path / "short.txt")
+
+
+def test_scan_with_roi_points_at_the_original_images(tmp_path):
+    images, matrices = write_views(tmp_path, 3)
+    source = tmp_path / "calibrated"
+    write_scan(source, [np.asarray(Image.open(p), dtype=np.float32) for p in images], matrices)
+    roi = ROI((1.0, 2.0, 3.0), (20.0, 30.0, 40.0))
+    copy = scan_files.scan_with_roi(source, roi, tmp_path / "run" / "input-scan")
+    scan = read_scan(copy)
+    np.testing.assert_allclose(scan.roi.size, roi.size)
+    np.testing.assert_array_equal(load_projections(scan).values, load_projections(read_scan(source)).values)
+    assert json.loads((source / "scan.json").read_text()).get("roi") is None  # the input is untouched
+
+
+def test_points_json_is_read_by_the_pose_engine(tmp_path):
+    points = {0: [{"u": 10.5, "v": 3.25, "bead": 2}, {"u": 1.0, "v": 2.0}], 3: [{"u": 5.0, "v": 6.0, "bead": 0}],
+              2: []}
+    path = points_file.write_points_json(tmp_path / "points.json", points)
+    parsed = read_points(path, view_count=4, bead_count=5)
+    assert sorted(parsed) == [0, 3]
+    assert [(d.u, d.v, d.bead) for d in parsed[0]] == [(10.5, 3.25, 2), (1.0, 2.0, None)]
+    assert points_file.read_points_json(path)[3] == [{"u": 5.0, "v": 6.0, "bead": 0}]
+    with pytest.raises(Exception, match="no finite pixel position"):
+        points_file.write_points_json(tmp_path / "bad.json", {1: [{"u": float("nan"), "v": 0.0}]})
+    (tmp_path / "other.json").write_text('{"something": 1}')
+    with pytest.raises(Exception, match="not a points file"):
+        points_file.read_points_json(tmp_path / "other.json")
+
+
+def test_poses_arguments_follow_the_command_line_contract(tmp_path):
+    detect = build_parser().parse_args(engine_process.poses_detect_arguments(tmp_path, "helix", tmp_path / "d"))
+    assert (detect.scan, detect.phantom, detect.output) == (str(tmp_path), "helix", str(tmp_path / "d"))
+    joined = engine_process.poses_estimate_arguments(tmp_path, "p.json", "o", "pts.json", tmp_path / "d.json")
+    parsed = build_parser().parse_args(joined)
+    assert (parsed.points, parsed.detections, parsed.no_auto) == ("pts.json", str(tmp_path / "d.json"), False)
+    automatic = build_parser().parse_args(engine_process.poses_estimate_arguments(tmp_path, "p.json", "o"))
+    assert automatic.points is None and automatic.detections is None
+
+
+def test_manual_points_are_the_ones_the_user_added_moved_or_labelled():
+    detected = [(10.0, 10.0), (50.0, 20.0), (30.0, 40.0)]
+    markups = [{"u": 10.1, "v": 9.9}, {"u": 53.0, "v": 20.0}, {"u": 30.0, "v": 40.0, "bead": 7}, {"u": 80.0, "v": 5.0}]
+    assert points_file.manual_points(markups, detected) == markups[1:]
+    assert points_file.manual_points(markups, []) == markups
+
+
+def test_standardize_arguments_follow_the_command_line_contract(tmp_path):
+    train = engine_process.standardize_train_arguments(tmp_path, tmp_path / "m.pt", "paper", 5, True)
+    parsed = build_parser().parse_args(train)
+    assert (parsed.pairs, parsed.output, parsed.config, parsed.steps, parsed.resume) == (
+        str(tmp_path), str(tmp_path / "m.pt"), "paper", 5, True)
+    default_steps = engine_process.standardize_train_arguments(tmp_path, "m.pt", "light")
+    assert build_parser().parse_args(default_steps).steps is None
+    apply = build_parser().parse_args(engine_process.standardize_apply_arguments("m.pt", tmp_path, "out"))
+    assert (apply.model, apply.scan, apply.output, apply.overwrite) == ("m.pt", str(tmp_path), "out", True)
