@@ -7,12 +7,15 @@ and a one-line reason from a SimpleITK exception.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from ixgs_engine.errors import IXGSError
 
 
 def extension_of(path: str | Path) -> str:
@@ -48,3 +51,15 @@ def itk_reason(error: Exception) -> str:
     lines = str(error).splitlines()
     detail = " ".join(line.strip() for line in lines[1:]) or str(error)
     return re.sub(r"(sitk::|ITK )ERROR:( \w+\(0x[0-9a-fA-F]+\):)?\s*", "", detail)
+
+
+def read_json(path: str | Path, missing: str, error: type[IXGSError] = IXGSError) -> object:
+    """The JSON value stored in ``path``; a missing or malformed file raises ``error`` naming
+    the file (``missing`` tells the user what to give instead)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: file not found; {missing}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as problem:
+        raise error(f"{path}: not valid JSON ({problem})") from None
