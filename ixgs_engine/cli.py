@@ -162,6 +162,8 @@ def _add_reconstruct_options(parser: argparse.ArgumentParser, default_preset: st
     parser.add_argument("--init", choices=("random", "volume"), help="random (the paper's) or volume (a few SART iterations)")
     parser.add_argument("--gaussians", type=int, help="number of Gaussians to start with")
     parser.add_argument("--seed", type=int, help="random seed (same seed, same result)")
+    parser.add_argument("--holdout-every", type=int, metavar="K",
+                        help="keep every K-th view out of training (recorded in summary.json) for `ixgs evaluate`")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--voxel-size", type=float, help="output voxel size in mm (default: detector pixel at the ROI centre)")
     parser.add_argument("--format", choices=("nrrd", "nii.gz", "mha"), default="nrrd", help="volume file format")
@@ -171,7 +173,8 @@ def _add_reconstruct_options(parser: argparse.ArgumentParser, default_preset: st
 def _config_from(args):
     from ixgs_engine.reconstruct.config import preset
 
-    return preset(args.preset, iterations=args.iterations, init=args.init, num_gaussians=args.gaussians, seed=args.seed)
+    return preset(args.preset, iterations=args.iterations, init=args.init, num_gaussians=args.gaussians, seed=args.seed,
+                  holdout_every=args.holdout_every)
 
 
 def _add_reconstruct(subparsers) -> None:
@@ -254,6 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(subparsers)
     _add_reconstruct(subparsers)
     _add_demo(subparsers)
+    # Imported here: the evaluation commands reuse this module's reconstruct options.
+    from ixgs_engine.evaluate.commands import add_commands as add_evaluation_commands
+    from ixgs_engine.poses.commands import add_commands as add_poses_commands
+    from ixgs_engine.standardize.commands import add_commands as add_standardize_commands
+
+    add_standardize_commands(subparsers)
+    add_poses_commands(subparsers)
+    add_evaluation_commands(subparsers)
     return parser
 
 

@@ -24,6 +24,17 @@ def _mid_slices(volume: Volume) -> list[np.ndarray]:
     return [axial, coronal, sagittal]
 
 
+def orthogonal_views(volume: Volume, projection: str = "slice") -> list[np.ndarray]:
+    """Axial, coronal and sagittal images of a volume, oriented as :func:`orthogonal_slices_png`
+    shows them: mid-slices (``projection="slice"``) or maximum intensity projections ("mip")."""
+    if projection == "slice":
+        return _mid_slices(volume)
+    if projection != "mip":
+        raise ValueError(f"projection must be 'slice' or 'mip', got {projection!r}")
+    array = volume.array
+    return [array.max(axis=0), array.max(axis=1)[::-1], array.max(axis=2)[::-1]]
+
+
 def orthogonal_slices_png(path: str | Path, volumes: list[tuple[str, Volume]], window: tuple[float, float]) -> Path:
     """One row per volume (axial, coronal, sagittal mid-slices), grey levels over ``window``
     (the same for all rows so they compare), each row captioned with its label."""

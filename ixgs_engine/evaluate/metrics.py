@@ -69,3 +69,34 @@ def ssim_3d(volume: np.ndarray | Volume, reference: np.ndarray | Volume) -> floa
         occupied = ref_slices.amax(dim=(1, 2)) > 0
         per_axis.append(float(_slice_ssims(test_slices[occupied], ref_slices[occupied]).mean()))
     return float(np.mean(per_axis))
+
+
+def _image_stack(images: np.ndarray) -> np.ndarray:
+    stack = np.asarray(images, dtype=np.float64)
+    return stack[None] if stack.ndim == 2 else stack
+
+
+def psnr_2d(images: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """PSNR (dB) of each image (H, W) or stack (N, H, W) against its reference, with the
+    reference image's maximum as the peak (the 2-D counterpart of :func:`psnr_3d`)."""
+    test, ref = _image_stack(images), _image_stack(references)
+    if test.shape != ref.shape:
+        raise ValueError(f"need image stacks of the same shape, got {test.shape} and {ref.shape}")
+    peaks = ref.max(axis=(1, 2))
+    if not np.all(peaks > 0):
+        raise ValueError("every reference image's maximum must be positive")
+    mse = np.mean((test - ref) ** 2, axis=(1, 2)) / peaks**2
+    with np.errstate(divide="ignore"):
+        return np.where(mse == 0, np.inf, -10.0 * np.log10(mse))
+
+
+def ssim_2d(images: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """SSIM of each image against its reference, both divided by the reference's maximum
+    (same window and constants as :func:`ssim_3d`)."""
+    test, ref = _image_stack(images), _image_stack(references)
+    if test.shape != ref.shape:
+        raise ValueError(f"need image stacks of the same shape, got {test.shape} and {ref.shape}")
+    peaks = ref.max(axis=(1, 2), keepdims=True)
+    if not np.all(peaks > 0):
+        raise ValueError("every reference image's maximum must be positive")
+    return _slice_ssims(torch.from_numpy(test / peaks), torch.from_numpy(ref / peaks)).numpy()

@@ -214,3 +214,108 @@ def rtk_sart(
     sart.SetBackProjectionFilter(sart.BackProjectionType_BP_JOSEPH)
     sart.Update()
     return Volume.on_grid(grid, itk.array_from_image(sart.GetOutput()).copy())
+
+
+# A circular orbit's sources may leave their plane and circle, and its central rays miss the
+# rotation axis, by at most this fraction of the orbit radius.
+_CIRCULAR_TOLERANCE = 1e-3
+
+
+def fit_circular_orbit(matrices: np.ndarray | Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and unit axis of the circular orbit the views follow (sources on a circle, every
+    central ray through the axis and perpendicular to it); GeometryError says why not."""
+    normalized = _as_matrices(matrices)
+    if len(normalized) < 3:
+        raise GeometryError(f"{len(normalized)} views cannot define an orbit")
+    sources = np.stack([source_position(P) for P in normalized])
+    centroid = sources.mean(axis=0)
+    axes = np.linalg.svd(sources - centroid)[2]
+    normal = axes[2]
+    in_plane = (sources - centroid) @ axes[:2].T
+    # Kasa circle fit: x^2 + y^2 + D x + E y + F = 0.
+    design = np.column_stack([in_plane, np.ones(len(in_plane))])
+    (d, e, f), *_ = np.linalg.lstsq(design, -(in_plane**2).sum(axis=1), rcond=None)
+    centre_2d = -0.5 * np.array([d, e])
+    radius = float(np.sqrt(max(centre_2d @ centre_2d - f, 0.0)))
+    if not radius > 0:
+        raise GeometryError("the sources do not lie on a circle")
+    tolerance = _CIRCULAR_TOLERANCE * radius
+    off_plane = float(np.max(np.abs((sources - centroid) @ normal)))
+    if off_plane > tolerance:
+        raise GeometryError(f"the sources leave the orbit plane by up to {off_plane:.2f} mm")
+    off_circle = float(np.max(np.abs(np.linalg.norm(in_plane - centre_2d, axis=1) - radius)))
+    if off_circle > tolerance:
+        raise GeometryError(f"the source-to-axis distance varies by up to {off_circle:.2f} mm")
+    centre = centroid + centre_2d @ axes[:2]
+    for index, P in enumerate(normalized):
+        direction = P[2, :3]  # unit viewing direction (w = depth)
+        if abs(direction @ normal) > _CIRCULAR_TOLERANCE:
+            raise GeometryError(f"view {index}: the central ray is tilted out of the orbit plane")
+        to_centre = centre - sources[index]
+        miss = np.linalg.norm(to_centre - (to_centre @ direction) * direction)
+        if miss > tolerance:
+            raise GeometryError(f"view {index}: the central ray misses the rotation axis by {miss:.2f} mm")
+    return centre, normal
+
+
+def _unmirrored(matrices: np.ndarray, stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Views whose detector is mirrored (det M < 0) flipped left-right, image and matrix, so
+    RTK's FDK weights see positive source-to-detector distances."""
+    width = stack.shape[2]
+    flip = np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    out_matrices, out_stack = matrices.copy(), stack.copy()
+    for index, P in enumerate(matrices):
+        if np.linalg.det(P[:, :3]) < 0:
+            out_matrices[index] = flip @ P
+            out_stack[index] = stack[index, :, ::-1]
+    return out_matrices, out_stack
+
+
+def _orbit_frame(centre: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    """4x4 rigid map from world to RTK's circular frame: the orbit centre to the origin, its
+    axis to +y (RTK's rotation axis), so RTK's gantry angles are the orbit angles."""
+    helper = np.eye(3)[int(np.argmin(np.abs(axis)))]
+    first = np.cross(axis, helper)
+    first /= np.linalg.norm(first)
+    rotation = np.stack([first, axis, np.cross(first, axis)])
+    frame = np.eye(4)
+    frame[:3, :3] = rotation
+    frame[:3, 3] = -rotation @ centre
+    return frame
+
+
+def rtk_fdk(
+    projections: np.ndarray, matrices: np.ndarray | Sequence[np.ndarray], grid: VolumeGrid, hann_cutoff: float = 0.0
+) -> Volume:
+    """RTK's FDK (filtered back-projection) of line-integral ``projections`` (N, H, W) on
+    ``grid``, with Parker weights for a short scan. FDK needs a circular orbit: anything else
+    raises GeometryError with the reason. The scene is moved rigidly so the orbit axis is
+    RTK's y axis (RTK derives its angular weights from rotations about y), reconstructed
+    there, and the voxels returned on ``grid``. ``hann_cutoff`` in (0, 1] apodizes the ramp
+    filter (0: plain ramp)."""
+    itk, rtk = _import_rtk()
+    normalized = _as_matrices(matrices)
+    stack = np.asarray(projections, dtype=np.float32)
+    if stack.ndim != 3 or stack.shape[0] != len(normalized):
+        raise ValueError(f"projections must be (N, H, W) with N = {len(normalized)} views, got {stack.shape}")
+    try:
+        frame = _orbit_frame(*fit_circular_orbit(normalized))
+    except GeometryError as error:
+        raise GeometryError(f"FDK needs a circular orbit and this scan is not one: {error}; use SART") from None
+    normalized, stack = _unmirrored(normalized, stack)
+    moved = np.einsum("nij,jk->nik", normalized, np.linalg.inv(frame))
+    rotation, shift = frame[:3, :3], frame[:3, 3]
+    moved_grid = VolumeGrid(grid.shape, rotation @ grid.origin + shift, grid.spacing, rotation @ grid.direction)
+    geometry, spacing = rtk_geometry(moved, u_spacing=_u_spacing_beyond(moved_grid, moved))
+    image_type = itk.Image[itk.F, 3]
+    parker = rtk.ParkerShortScanImageFilter[image_type].New()
+    parker.SetInput(_projection_image(itk, stack, spacing))
+    parker.SetGeometry(geometry)
+    fdk = rtk.FDKConeBeamReconstructionFilter[image_type].New()
+    fdk.SetInput(0, _volume_image(itk, np.zeros(grid.shape), moved_grid))
+    fdk.SetInput(1, parker.GetOutput())
+    fdk.SetGeometry(geometry)
+    fdk.GetRampFilter().SetTruncationCorrection(0.0)
+    fdk.GetRampFilter().SetHannCutFrequency(float(hann_cutoff))
+    fdk.Update()
+    return Volume.on_grid(grid, itk.array_from_image(fdk.GetOutput()).copy())

@@ -33,6 +33,7 @@ class ReconstructionConfig:
     prune_min_density: float = 1e-5
     seed: int = 0
     checkpoint_every: int = 1000
+    holdout_every: int = 0  # > 1: views k-1, 2k-1, ... are kept out of training, for evaluation
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.views_per_step < 1 or self.num_gaussians < 1:
@@ -41,6 +42,8 @@ class ReconstructionConfig:
             raise ValueError(f"init must be 'random' or 'volume', got {self.init!r}")
         if not 0 < self.image_scale <= 1:
             raise ValueError(f"image_scale must be in (0, 1], got {self.image_scale}")
+        if self.holdout_every == 1 or self.holdout_every < 0:
+            raise ValueError(f"holdout_every must be 0 (no held-out views) or at least 2, got {self.holdout_every}")
 
     def to_dict(self) -> dict:
         return asdict(self)

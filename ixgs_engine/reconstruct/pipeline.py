@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -19,7 +19,7 @@ from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData, detector_voxel_size
 from ixgs_engine.reconstruct.output import write_outputs
 from ixgs_engine.reconstruct.trainer import CHECKPOINT_FILE, ProgressCallback, Trainer
-from ixgs_engine.render.backend import get_backend
+from ixgs_engine.render.backend import select_backend
 from ixgs_engine.volume import Volume
 
 SUMMARY_FILE = "summary.json"
@@ -41,6 +41,7 @@ class ReconstructionSummary:
     device: str
     backend: str
     config: dict
+    heldout_views: list[int] = field(default_factory=list)
 
     def line(self) -> str:
         """The one-line summary printed at the end of a run."""
@@ -60,6 +61,11 @@ def checkpoint_config(output_dir: Path) -> ReconstructionConfig | None:
         return ReconstructionConfig.from_dict(state["config"])
     except Exception as error:
         raise IXGSError(f"{path}: cannot read the checkpoint ({error}); delete it to start over") from None
+
+
+def heldout_views(num_views: int, every: int) -> list[int]:
+    """Views kept out of training with ``holdout_every = every``: k-1, 2k-1, ... (none for 0)."""
+    return list(range(every - 1, num_views, every)) if every > 1 else []
 
 
 def reconstruct_scan(
@@ -87,9 +93,13 @@ def reconstruct_scan(
             raise IXGSError(f"--resume: no checkpoint in {output_dir}; run without --resume to start")
         config = stored
     projections = load_projections(read_scan(scan_dir))
+    heldout = heldout_views(len(projections.values), config.holdout_every)
+    if heldout:
+        training = [v for v in range(len(projections.values)) if v not in heldout]
+        projections = replace(projections, values=projections.values[training], matrices=projections.matrices[training])
     torch_device = resolve_device(device)
     data = TrainingData.from_projections(projections, config.image_scale, torch_device)
-    backend = get_backend("torch")
+    backend = select_backend(torch_device)
     trainer = Trainer(data, config, backend, output_dir, progress=progress, should_cancel=should_cancel)
     if on_trainer is not None:
         on_trainer(trainer)
@@ -113,6 +123,7 @@ def reconstruct_scan(
         device=str(torch_device),
         backend=backend.name,
         config=config.to_dict(),
+        heldout_views=heldout,
     )
     with atomic_output(output_dir / SUMMARY_FILE) as temp:
         temp.write_text(json.dumps(asdict(summary), indent=1))
