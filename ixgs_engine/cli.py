@@ -173,8 +173,11 @@ def _add_reconstruct_options(parser: argparse.ArgumentParser, default_preset: st
 def _config_from(args):
     from ixgs_engine.reconstruct.config import preset
 
-    return preset(args.preset, iterations=args.iterations, init=args.init, num_gaussians=args.gaussians, seed=args.seed,
-                  holdout_every=args.holdout_every)
+    try:
+        return preset(args.preset, iterations=args.iterations, init=args.init, num_gaussians=args.gaussians,
+                      seed=args.seed, holdout_every=args.holdout_every)
+    except ValueError as error:  # e.g. --iterations 0 or --holdout-every 1
+        raise IXGSError(f"invalid reconstruction options: {error}") from None
 
 
 def _add_reconstruct(subparsers) -> None:

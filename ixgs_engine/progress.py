@@ -12,6 +12,7 @@ so a front end can show a progress bar and the live loss without parsing termina
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -25,7 +26,9 @@ def _json_lines(description: str) -> ProgressCallback:
     def update(done: int, total: int, info: dict | None = None) -> None:
         record: dict = {"progress": description, "done": int(done), "total": int(total)}
         for key, value in (info or {}).items():
-            if isinstance(value, (int, float, str, bool)):
+            # NaN and infinities are not JSON (json.dumps would write NaN/Infinity): left out
+            finite = not isinstance(value, float) or math.isfinite(value)
+            if isinstance(value, (int, float, str, bool)) and finite:
                 record[key] = value
         print(json.dumps(record), file=sys.stderr, flush=True)
 

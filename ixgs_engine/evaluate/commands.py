@@ -22,6 +22,11 @@ def add_commands(subparsers) -> None:
     _add_batch(subparsers)
 
 
+def _check_output_file(output: str | None) -> None:
+    if output is not None and Path(output).is_dir():
+        raise IXGSError(f"-o {output} is a folder; give a file name")
+
+
 # ---------------------------------------------------------------- evaluate
 def _add_evaluate(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -51,6 +56,7 @@ def _run_evaluate(args) -> int:
     )
 
     started = time.perf_counter()
+    _check_output_file(args.output)
     recon = load_reconstruction(args.recon)
     evaluation = evaluate_reconstruction(
         recon, args.reference, args.reference_units, args.scan, args.views, args.bone_hu,
@@ -123,6 +129,7 @@ def _run_report(args) -> int:
     started = time.perf_counter()
     if args.max_views < 1:
         raise IXGSError("--max-views must be at least 1")
+    _check_output_file(args.output)
     path, metrics = build_report(
         args.run_dir, args.reference, args.reference_units, args.scan, args.output, args.max_views,
         str(resolve_device(args.device)), progress_bar("re-rendering"),
@@ -148,6 +155,7 @@ def _add_ratings(subparsers) -> None:
 def _run_ratings(args) -> int:
     from ixgs_engine.report.ratings import read_ratings, summarize_ratings, write_rating_summary
 
+    _check_output_file(args.output)
     rows = read_ratings(args.csv)
     summary = summarize_ratings(rows)
     path = write_rating_summary(args.output, summary)
@@ -258,6 +266,10 @@ def _run_experiment(args) -> int:
     started = time.perf_counter()
     if args.preset not in PRESETS:
         raise IXGSError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    if args.sart_iterations < 1:
+        raise IXGSError("--sart-iterations must be at least 1")
+    if args.kind == "poses" and args.views < 2:
+        raise IXGSError("--views must be at least 2")
     settings = Settings(args.phantom, args.size, args.detector, args.preset, args.iterations, args.gaussians,
                         args.sart_iterations, args.seed, args.device)
     if args.kind == "views":

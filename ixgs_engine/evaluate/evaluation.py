@@ -43,7 +43,7 @@ class Reconstruction:
 
     @property
     def scan_dir(self) -> Path | None:
-        """The run's scan folder (as recorded, so relative to where the run was started)."""
+        """The run's scan folder (recorded as an absolute path; older runs may hold a relative one)."""
         if "scan" not in self.summary:
             return None
         path = Path(self.summary["scan"])
@@ -92,6 +92,13 @@ def volume_metrics(volume: Volume, reference: Volume, bone_hu: float = DEFAULT_B
     on the reference grid over their overlap."""
     pair = align_to_reference(volume, reference)
     threshold = bone_threshold(bone_hu)
+    if not float(np.max(pair.reference.array)) > 0:
+        raise IXGSError("the reference has no positive attenuation where the volumes overlap; check the reference "
+                        "and --reference-units")
+    try:
+        bone = surface_metrics(pair.test, pair.reference, threshold).to_dict()
+    except ValueError as error:  # no reference voxel at or above the bone threshold
+        raise IXGSError(f"{error} ({bone_hu:g} HU); lower --bone-hu or check --reference-units") from None
     return {
         "psnr_3d_db": psnr_3d(pair.test, pair.reference),
         "ssim_3d": ssim_3d(pair.test, pair.reference),
@@ -99,7 +106,7 @@ def volume_metrics(volume: Volume, reference: Volume, bone_hu: float = DEFAULT_B
         "compared_shape_zyx": list(pair.reference.shape),
         "bone_threshold_hu": bone_hu,
         "bone_threshold_per_mm": threshold,
-        "bone": surface_metrics(pair.test, pair.reference, threshold).to_dict(),
+        "bone": bone,
     }
 
 

@@ -64,5 +64,9 @@ def compare_views(
     measured view's maximum as the peak)."""
     chosen = check_views(views, len(projections.values))
     measured = projections.values[chosen]
+    blank = [v for v, image in zip(chosen, measured, strict=True) if not float(image.max()) > 0]
+    if blank:
+        raise IXGSError(f"views {blank} have no positive line integral (no object in the X-ray); leave them out "
+                        "with --views")
     rendered = render_line_integrals(volume, projections.matrices[chosen], projections.image_shape, device, progress)
     return ViewComparison(chosen, measured, rendered, psnr_2d(rendered, measured), ssim_2d(rendered, measured))

@@ -34,13 +34,16 @@ def inside_mask(grid: VolumeGrid, box: VolumeGrid) -> np.ndarray:
     """Boolean array on ``grid``: voxel centres inside ``box``'s voxel-covered region (the
     outer faces of its edge voxels, with a small tolerance)."""
     nz, ny, nx = grid.shape
-    k, j, i = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
-    index = np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(i.size)])
-    in_box = (box.world_to_index_matrix() @ grid.index_to_world_matrix() @ index)[:3]
+    to_box = (box.world_to_index_matrix() @ grid.index_to_world_matrix())[:3]
+    j, i = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+    plane = to_box[:, :1] * i.ravel() + to_box[:, 1:2] * j.ravel() + to_box[:, 3:]  # (3, ny * nx) at k = 0
     limits = np.array(box.size_ijk, dtype=np.float64)[:, None] - 0.5
     tolerance = 1e-6
-    inside = np.all((in_box >= -0.5 - tolerance) & (in_box <= limits + tolerance), axis=0)
-    return inside.reshape(grid.shape)
+    inside = np.empty(grid.shape, dtype=bool)
+    for k in range(nz):  # slice by slice: a full CT's index array would take gigabytes
+        in_box = plane + to_box[:, 2:3] * k
+        inside[k] = np.all((in_box >= -0.5 - tolerance) & (in_box <= limits + tolerance), axis=0).reshape(ny, nx)
+    return inside
 
 
 @dataclass

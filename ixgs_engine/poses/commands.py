@@ -68,7 +68,7 @@ def add_commands(subparsers) -> None:
 
 
 def _run_make_phantom(args) -> int:
-    from ixgs_engine.poses.phantom import CarmIntrinsics, helix_phantom, write_phantom
+    from ixgs_engine.poses.phantom import CarmIntrinsics, helix_phantom, phantom_from_dict, write_phantom
 
     intrinsics = None
     if (args.sdd is None) != (args.pixel_spacing is None):
@@ -78,6 +78,7 @@ def _run_make_phantom(args) -> int:
         intrinsics = CarmIntrinsics(args.sdd, tuple(args.pixel_spacing), None, mirrored)
     phantom = helix_phantom(args.beads, args.radius, args.height, args.turns, tuple(args.diameters), tuple(args.center),
                             Path(args.output).stem, intrinsics)
+    phantom_from_dict(phantom.to_dict(), Path(args.output))  # the reader's checks: never write an unusable phantom
     path = write_phantom(args.output, phantom)
     print(f"helix phantom: {phantom.count} beads, diameters {sorted(set(phantom.diameters.tolist()))} mm -> {path}")
     return 0
@@ -141,7 +142,8 @@ def _run_estimate(args) -> int:
     from ixgs_engine.poses.detection import merge_manual
     from ixgs_engine.poses.inpainting import bead_mask, inpaint
     from ixgs_engine.poses.overlays import overlay_png
-    from ixgs_engine.poses.pipeline import estimate_scan, read_detections
+    from ixgs_engine.poses.detection import view_confidence
+    from ixgs_engine.poses.pipeline import detection_problem, estimate_scan, read_detections
 
     started = time.perf_counter()
     scan, phantom, output, points = _prepare(args)
@@ -151,6 +153,9 @@ def _run_estimate(args) -> int:
         found = read_detections(args.detections, scan)
         for view in found:
             view.detections = merge_manual(view.detections, points.get(view.view, []))
+            # judged again: manual points may complete a view whose detection failed (and this phantom may differ)
+            view.confidence = view_confidence(view.detections, phantom.count)
+            view.message = detection_problem(view.detections, phantom)
     else:
         found = _detect_all(args, scan, phantom, points)
     poses = estimate_scan(scan, phantom, found, refine_intrinsics=args.refine_intrinsics, max_rms_px=args.max_rms,

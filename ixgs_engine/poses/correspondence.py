@@ -256,7 +256,10 @@ def _quick_match(phantom: BeadPhantom, detections: list[Detection], intrinsics: 
     if len(pairs) < MIN_PNP_POINTS:
         return None
     beads, dets = (list(x) for x in zip(*pairs, strict=True))
-    R, t = pnp(phantom.positions[beads], uv[dets], intrinsics, (rotation, translation))
+    try:
+        R, t = pnp(phantom.positions[beads], uv[dets], intrinsics, (rotation, translation))
+    except GeometryError:  # a hypothesis PnP cannot solve is just a failed one (as in match_and_solve)
+        return None
     pairs = assign(extrinsics_matrix(intrinsics, R, t), phantom, detections, gate_px)
     if len(pairs) < MIN_PNP_POINTS:
         return None

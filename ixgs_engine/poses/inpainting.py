@@ -1,20 +1,17 @@
 """Remove bead shadows from the views so the metal does not become streaks or blobs in the
 reconstruction: mask each bead's disc (from the estimated pose, so beads that were hidden or
-missed are covered too; or from the detections) and fill it with the harmonic (Laplace)
+missed are covered too) and fill it with the harmonic (Laplace)
 interpolation of its rim, directly on the line integrals: the smoothest fill that meets the
 surrounding anatomy, with no texture of its own that could become a structure in 3-D.
 (OpenCV's Telea inpainting returns noise for float32 images in OpenCV 5, hence a sparse solve.)"""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.linalg import spsolve
 
 from ixgs_engine.poses.correspondence import projected_beads
-from ixgs_engine.poses.detection import Detection
 from ixgs_engine.poses.phantom import BeadPhantom
 
 
@@ -34,14 +31,6 @@ def bead_mask(matrix: np.ndarray, phantom: BeadPhantom, image_shape: tuple[int, 
     uv, radii, depth = projected_beads(matrix, phantom)
     front = depth > 0
     return _discs(uv[front], radii[front] + margin_px, image_shape)
-
-
-def detection_mask(detections: list[Detection], image_shape: tuple[int, int], margin_px: float = 1.5,
-                   default_radius_px: float = 3.0) -> np.ndarray:
-    """Pixels within ``margin_px`` of detected shadows (manual points: ``default_radius_px``)."""
-    centres = np.array([[d.u, d.v] for d in detections]).reshape(-1, 2)
-    radii = np.array([(d.radius if math.isfinite(d.radius) else default_radius_px) + margin_px for d in detections])
-    return _discs(centres, radii, image_shape)
 
 
 def inpaint(image: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -148,6 +148,8 @@ def read_phantom(path: str | Path) -> BeadPhantom:
     shipped = resources.files(__package__) / "phantoms" / f"{path}.json"
     if not path.exists() and path.suffix == "" and shipped.is_file():
         path = Path(str(shipped))
+    if path.is_dir():
+        raise PhantomError(f"{path} is a folder; give a phantom JSON file from `ixgs poses make-phantom` or 'helix'")
     data = read_json(path, "give a phantom JSON file from `ixgs poses make-phantom` or 'helix' for the shipped "
                      "helix phantom", PhantomError)
     return phantom_from_dict(data, path)

@@ -18,7 +18,7 @@ from ixgs_engine.errors import GeometryError, IXGSError
 from ixgs_engine.io import atomic_output, read_json
 from ixgs_engine.poses.correspondence import best_match
 from ixgs_engine.poses.detection import Detection, detect_beads, merge_manual, view_confidence
-from ixgs_engine.poses.estimation import dlt, polish_matrix, reprojection_errors
+from ixgs_engine.poses.estimation import dlt, extrinsics_matrix, pnp, polish_matrix, reprojection_errors
 from ixgs_engine.poses.phantom import BeadPhantom
 from ixgs_engine.poses.refinement import ViewObservations, refine_views
 from ixgs_engine.poses.scans import PoseScan
@@ -105,17 +105,21 @@ def detect_view(scan: PoseScan, phantom: BeadPhantom, index: int, manual: list[D
         found = detect_beads(scan.attenuation_image(index), radius_range_px(scan, phantom, index, radius_override),
                              max_beads=2 * phantom.count + 8)
     found = merge_manual(found, manual or [])
+    return ViewDetections(index, image, found, view_confidence(found, phantom.count), detection_problem(found, phantom))
+
+
+def detection_problem(found: list[Detection], phantom: BeadPhantom) -> str:
+    """What is wrong with a view's detections for a pose ("" if nothing)."""
     minimum = MIN_MATCHED_KNOWN_INTRINSICS if phantom.intrinsics else MIN_MATCHED_DLT
-    message = ""
     if not found:
-        message = ("no beads found: check that --phantom is the phantom in the images, the image kind in "
-                   "scan.json (beads must look bright in line integrals) and the pixel spacing; or place points "
-                   "by hand (--points)")
-    elif len(found) < minimum:
-        message = (f"only {len(found)} beads found; a pose needs at least {minimum} "
-                   f"({'known intrinsics' if phantom.intrinsics else 'no intrinsics in the phantom file: DLT'}); "
-                   "add manual points (--points)")
-    return ViewDetections(index, image, found, view_confidence(found, phantom.count), message)
+        return ("no beads found: check that --phantom is the phantom in the images, the image kind in "
+                "scan.json (beads must look bright in line integrals) and the pixel spacing; or place points "
+                "by hand (--points)")
+    if len(found) < minimum:
+        return (f"only {len(found)} beads found; a pose needs at least {minimum} "
+                f"({'known intrinsics' if phantom.intrinsics else 'no intrinsics in the phantom file: DLT'}); "
+                "add manual points (--points)")
+    return ""
 
 
 def _intrinsics_options(scan: PoseScan, phantom: BeadPhantom, index: int, shape: tuple[int, int]) -> list[np.ndarray]:
@@ -148,9 +152,18 @@ def estimate_view(scan: PoseScan, phantom: BeadPhantom, found: ViewDetections, s
         return pose
     pose.pairs = match.pairs
     matrix = match.matrix
-    if phantom.intrinsics is None:
-        beads, dets = (list(x) for x in zip(*match.pairs, strict=True))
-        uv = np.array([[found.detections[j].u, found.detections[j].v] for j in dets])
+    beads, dets = (list(x) for x in zip(*match.pairs, strict=True))
+    uv = np.array([[found.detections[j].u, found.detections[j].v] for j in dets])
+    if phantom.intrinsics is not None:
+        # The search may end in a local minimum of PnP for these pairs: also solve them globally (SQPnP).
+        try:
+            solved = extrinsics_matrix(match.intrinsics, *pnp(phantom.positions[beads], uv, match.intrinsics))
+        except GeometryError:
+            solved = None
+        if solved is not None and (np.sum(reprojection_errors(solved, phantom.positions[beads], uv) ** 2)
+                                   < np.sum(reprojection_errors(matrix, phantom.positions[beads], uv) ** 2)):
+            matrix = solved
+    else:
         try:
             matrix = polish_matrix(dlt(phantom.positions[beads], uv), phantom.positions[beads], uv)
         except GeometryError as error:
@@ -215,15 +228,17 @@ def read_detections(path: str | Path, scan: PoseScan) -> list[ViewDetections]:
     if not isinstance(data, dict) or data.get("format") != DETECTIONS_FORMAT:
         raise IXGSError(f'{path}: not a detections file ("format" must be "{DETECTIONS_FORMAT}")')
     views = data.get("views")
-    indices = sorted(v.get("view") for v in views if isinstance(v, dict)) if isinstance(views, list) else None
-    if indices != list(range(len(scan.views))):
+    indices = [v.get("view") for v in views if isinstance(v, dict)] if isinstance(views, list) else []
+    if (len(indices) != len(views or []) or not all(type(i) is int for i in indices)
+            or sorted(indices) != list(range(len(scan.views)))):
         raise IXGSError(f"{path}: needs one entry per view of the scan (views 0..{len(scan.views) - 1})")
     out = []
     for entry in sorted(views, key=lambda v: v["view"]):
         try:
             found = [Detection.from_dict(d) for d in entry.get("detections", [])]
+            confidence = float(entry.get("confidence", 0.0))
         except (KeyError, TypeError, ValueError):
             raise IXGSError(f"{path}: view {entry['view']}: malformed detection (needs numbers u, v)") from None
-        out.append(ViewDetections(int(entry["view"]), scan.views[entry["view"]].image, found,
-                                  float(entry.get("confidence", 0.0)), str(entry.get("message", ""))))
+        out.append(ViewDetections(entry["view"], scan.views[entry["view"]].image, found, confidence,
+                                  str(entry.get("message", ""))))
     return out

@@ -112,6 +112,8 @@ def read_pose_scan(path: str | Path) -> PoseScan:
             raise ScanError(f'{json_path}: bad "roi" ({error})') from None
     known = {"format", "units", "image_kind", "views", "geometry", "roi", "i0"}
     i0 = data.get("i0")
+    if i0 is not None and not (isinstance(i0, (int, float)) and np.isfinite(i0) and i0 > 0):
+        raise ScanError(f'{json_path}: "i0" must be a positive number, got {i0!r}')
     return PoseScan(json_path.parent, data["image_kind"], views, roi, float(i0) if i0 is not None else None,
                     {k: v for k, v in data.items() if k not in known})
 

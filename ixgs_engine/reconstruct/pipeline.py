@@ -109,7 +109,7 @@ def reconstruct_scan(
         output_dir, result.model, data.scene, projections.roi, voxel, backend, volume_format, threshold
     )
     summary = ReconstructionSummary(
-        scan=str(Path(scan_dir)),
+        scan=str(Path(scan_dir).resolve()),
         views=data.num_views,
         iterations=result.iterations,
         gaussians=result.model.num_gaussians,

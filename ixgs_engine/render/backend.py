@@ -29,6 +29,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from ixgs_engine.errors import IXGSError
 from ixgs_engine.geometry.normalization import SceneNormalization
 from ixgs_engine.volume import VolumeGrid
 
@@ -99,7 +100,14 @@ def select_backend(device: torch.device | str, name: str | None = None) -> Rende
     and why (a warning when a GPU falls back). A named backend is used as is."""
     choice = name or os.environ.get(BACKEND_VARIABLE) or "auto"
     if choice != "auto":
-        return get_backend(choice)
+        if choice not in _BACKENDS:
+            raise IXGSError(f"unknown render backend {choice!r} (given or from {BACKEND_VARIABLE}); choose auto or "
+                            f"one of {', '.join(available_backends())}")
+        try:
+            return get_backend(choice)
+        except ImportError as error:
+            hint = f"use {BACKEND_VARIABLE}=auto"
+            raise IXGSError(f"the {choice} render backend cannot be loaded ({error}); {hint}") from None
     device = torch.device(device)
     if device.type != "cuda":
         _log.info("render backend: torch (device %s)", device)

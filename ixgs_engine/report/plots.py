@@ -33,8 +33,8 @@ def _aspects(volume: Volume) -> list[float]:
 
 
 def volume_panels(volumes: Sequence[tuple[str, Volume]], window: tuple[float, float]) -> bytes:
-    """One row per volume: axial, coronal and sagittal mid-slices, then the three MIPs, all
-    in grey over the same ``window`` (1/mm)."""
+    """One row per volume: axial, coronal and sagittal mid-slices in grey over ``window`` (1/mm),
+    then the three MIPs, whose window reaches up to the volume's own maximum when that is higher."""
     figure = Figure(figsize=(13, 2.4 * len(volumes)))
     axes = figure.subplots(len(volumes), 6, squeeze=False)
     for row, (label, volume) in enumerate(volumes):

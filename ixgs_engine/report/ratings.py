@@ -64,6 +64,8 @@ def read_ratings(paths: Iterable[str | Path]) -> list[dict]:
                     rows.append({**row, "score": score, "file": str(path)})
         except OSError as error:
             raise IXGSError(f"{path}: cannot be read ({error.strerror})") from None
+        except (UnicodeDecodeError, csv.Error) as error:
+            raise IXGSError(f"{path}: not a UTF-8 CSV rating sheet ({error}); save it again as CSV UTF-8") from None
     return rows
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from pytorch_msssim import ssim
 
+from ixgs_engine.errors import IXGSError
 from ixgs_engine.evaluate.metrics import psnr_3d, ssim_3d
 from ixgs_engine.io.scan import write_scan
 from ixgs_engine.reconstruct.config import preset
@@ -133,7 +134,9 @@ def run_ablation(
     ``model_path`` a model is first trained on phantom variants that exclude the test CT."""
     work_dir = Path(work_dir)
     if settings.test_seed < settings.seed + settings.train_variants and settings.test_seed >= settings.seed:
-        raise ValueError("the test phantom's seed must differ from the training variants' seeds")
+        last = settings.seed + settings.train_variants - 1
+        raise IXGSError(f"the test phantom's seed ({settings.test_seed}) must differ from the training variants' "
+                        f"seeds ({settings.seed}..{last}); choose another --seed")
     if model_path is None:
         model_path = train_ablation_model(work_dir, settings, device, progress)
     test_hu = phantom_variant(settings.size, settings.test_seed, settings.test_variation)

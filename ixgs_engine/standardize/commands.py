@@ -84,8 +84,8 @@ def _run_make_pairs(args) -> int:
                                     progress_bar("rendering targets"))
         what = f"real X-rays of {args.scan} with DRRs of {args.volume}"
     else:
-        if args.views < 2 or args.phantom_variants < 1:
-            raise IXGSError("--views must be at least 2 and --phantom-variants at least 1")
+        if args.views < 2 or args.phantom_variants < 1 or args.phantom_size < 2:
+            raise IXGSError("--views and --phantom-size must be at least 2 and --phantom-variants at least 1")
         if args.volume is not None:
             cts = [(Path(args.volume).name, _load_hu(args.volume, args.units))]
         else:

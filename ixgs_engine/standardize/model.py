@@ -232,6 +232,12 @@ def save_model(path: str | Path, model: StandardizationModel) -> Path:
     return path
 
 
+def _reason(error: Exception) -> str:
+    """``Type: first line of the message`` (the message may be empty, e.g. torch on an empty file)."""
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0][:160]}" if lines else type(error).__name__
+
+
 def _bad_model(path: Path, problem: str) -> IXGSError:
     return IXGSError(
         f"{path}: {problem}; it is not a usable IXGS standardization model. Train one with "
@@ -247,7 +253,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Standard
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for damaged or foreign files
-        raise _bad_model(path, f"cannot be read ({type(error).__name__}: {str(error).splitlines()[0][:160]})") from None
+        raise _bad_model(path, f"cannot be read ({_reason(error)})") from None
     if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
         found = record.get("format") if isinstance(record, dict) else type(record).__name__
         raise _bad_model(path, f'expected format "{MODEL_FORMAT}", found {found!r}')
@@ -255,9 +261,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Standard
         config = Pix2PixConfig.from_dict(json.loads(record["config"]))
         normalization = Normalization.from_dict(json.loads(record["normalization"]))
         info = json.loads(record.get("info", "{}"))
+        if not isinstance(info, dict):
+            raise TypeError(f"info must be a JSON object, got {type(info).__name__}")
         generator = UNetGenerator(config)
         generator.load_state_dict(record["generator"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
-        raise _bad_model(path, f"damaged contents ({reason})") from None
+        raise _bad_model(path, f"damaged contents ({_reason(error)})") from None
     return StandardizationModel(config, normalization, generator.to(device).eval(), info)

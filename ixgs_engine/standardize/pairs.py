@@ -3,19 +3,21 @@
 A pairs folder holds ``pairs.json`` and float32 TIFF images::
 
     {"format": "ixgs-pairs/1", "bone_weight": 2.5,
-     "pairs": [{"input": "input/000.tif", "target": "target/000.tif", "group": "spine-0", ...}, ...]}
+     "pairs": [{"input": "input/0000.tif", "target": "target/0000.tif", "group": "spine-0", ...}, ...]}
 
 ``input`` is a radiograph as the C-arm delivers it (any intensity scale, any polarity: the model
 normalizes each image); ``target`` is the bone-enhanced DRR of the same pose, a line integral
 (dimensionless) of the bone-enhanced attenuation map of :func:`bone_enhanced_attenuation`.
-``group`` names the CT/acquisition a pair comes from (validation holds out whole groups when
-there are several). Real pairs (real X-rays + DRRs of the patient's CT at calibrated poses)
-use the same format: :func:`make_pairs_from_scan` writes them from a scan folder and a CT.
+``group`` names the CT/acquisition a pair comes from (kept for reference; training holds out
+every 10th pair for validation, whatever its group). Real pairs (real X-rays + DRRs of the
+patient's CT at calibrated poses) use the same format: :func:`make_pairs_from_scan` writes them
+from a scan folder and a CT.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,10 +71,14 @@ def render_basis(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Water and bone line integrals (V, H, W), in g/cm^3 x mm, of a CT at the given views."""
     water, bone = decompose_hu(hu.array)
-    rendered = [
-        render_line_integrals(hu.with_array(density), matrices, image_shape, device, progress)
-        for density in (water, bone)
-    ]
+    rendered = []
+    for half, density in enumerate((water, bone)):
+        # one progress run over both renderings (views 1..2V), not two runs of 1..V
+        def report(done: int, total: int, _half: int = half) -> None:
+            if progress is not None:
+                progress(_half * total + done, 2 * total)
+
+        rendered.append(render_line_integrals(hu.with_array(density), matrices, image_shape, device, report))
     return rendered[0], rendered[1]
 
 
@@ -137,6 +143,8 @@ def read_pairs(folder: str | Path) -> PairSet:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise IXGSError(f"{path} is not valid JSON (line {error.lineno}): {error.msg}") from None
+    except UnicodeDecodeError:
+        raise IXGSError(f"{path} is not a text (JSON) file") from None
     if not isinstance(data, dict) or data.get("format") != PAIRS_FORMAT or not isinstance(data.get("pairs"), list):
         raise IXGSError(f'{path}: needs "format": "{PAIRS_FORMAT}" and a "pairs" list')
     if not data["pairs"]:
@@ -151,7 +159,10 @@ def read_pairs(folder: str | Path) -> PairSet:
         inputs.append(folder / entry["input"])
         targets.append(folder / entry["target"])
         groups.append(str(entry.get("group", "")))
-    return PairSet(folder, inputs, targets, groups, float(data.get("bone_weight", DEFAULT_BONE_WEIGHT)))
+    bone_weight = data.get("bone_weight", DEFAULT_BONE_WEIGHT)
+    if not isinstance(bone_weight, (int, float)) or isinstance(bone_weight, bool) or not math.isfinite(bone_weight):
+        raise IXGSError(f'{path}: "bone_weight" must be a number, got {bone_weight!r}')
+    return PairSet(folder, inputs, targets, groups, float(bone_weight))
 
 
 def write_pairs(
@@ -230,6 +241,8 @@ def make_simulated_pairs(
     counts = np.diff(np.linspace(0, views, len(cts) + 1).round().astype(int))
     done = 0
     for index, ((name, hu), count) in enumerate(zip(cts, counts, strict=True)):
+        if count == 0:  # fewer views than CTs: this one gets none
+            continue
         offset = done
 
         def report(view: int, _total: int, _offset: int = offset) -> None:

@@ -20,7 +20,7 @@ The chain, in the order a C-arm produces it (docs/standardization.md lists the r
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -56,11 +56,6 @@ class RadiographParams:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "RadiographParams":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from ixgs_engine.standardize.model import (
     Pix2PixConfig,
     StandardizationModel,
     UNetGenerator,
+    _reason,
     init_weights,
     save_model,
 )
@@ -222,14 +223,13 @@ class Pix2PixTrainer:
             trainer.discriminator.load_state_dict(record["discriminator"])
             trainer.optimizer_g.load_state_dict(record["optimizer_g"])
             trainer.optimizer_d.load_state_dict(record["optimizer_d"])
+            trainer.step = int(record["step"])
         except IXGSError:
             raise
         except Exception as error:
             raise IXGSError(
-                f"{path}: cannot resume from this checkpoint ({type(error).__name__}: "
-                f"{str(error).splitlines()[0][:160]}); delete it and train without --resume"
+                f"{path}: cannot resume from this checkpoint ({_reason(error)}); delete it and train without --resume"
             ) from None
-        trainer.step = int(record["step"])
         return trainer
 
 
@@ -262,8 +262,12 @@ def train_model(
     """Train (or with ``resume`` continue) a model on a pairs folder and write the model file."""
     started = time.perf_counter()
     model_path = Path(model_path)
+    if model_path.is_dir():
+        raise IXGSError(f"{model_path} is a folder; give the model file to write, e.g. {model_path / 'standardize.pt'}")
     folder = model_path.parent
     checkpoint = folder / CHECKPOINT_FILE
+    if steps is not None and steps < 1:  # before anything is read or the old log is deleted
+        raise IXGSError("--steps must be at least 1")
     pairs = read_pairs(pairs_dir)
     torch_device = resolve_device(device)
     if resume:
