@@ -330,9 +330,9 @@ class IXGSReconstructionLogic(EngineModuleLogic):
     def loadScan(self, scanFolder):
         """Show a scan's X-rays (one volume node per view) and its box; returns the X-ray nodes."""
         from ixgs_engine.io.xray_images import read_xray_image
-        from ixgs_engine.poses.scans import read_pose_scan
+        from ixgs_engine.io.scan import read_scan
 
-        scan = read_pose_scan(scanFolder)
+        scan = read_scan(scanFolder, require_poses=False)
         for node in self.xrayNodes():
             slicer.mrmlScene.RemoveNode(node)
         nodes = []
@@ -344,7 +344,7 @@ class IXGSReconstructionLogic(EngineModuleLogic):
             node.SetAttribute(SCAN_ATTRIBUTE, str(scan.folder))
             nodes.append(node)
         parameters = self.getParameterNode()
-        if all(view.nominal_matrix is not None for view in scan.views):
+        if scan.has_poses:
             parameters.roi = self.roiNodeFromScan(scan.folder, parameters.roi)
         return nodes
 
@@ -400,11 +400,11 @@ class IXGSReconstructionLogic(EngineModuleLogic):
         """Show the beads ``ixgs poses detect`` found as markups, for the user to review: points
         they add, move or label with a bead index go to pose estimation as manual points."""
         from ixgs_engine.poses.pipeline import read_detections
-        from ixgs_engine.poses.scans import read_pose_scan
+        from ixgs_engine.io.scan import read_scan
 
         path = pathlib.Path(folder) / "detections.json"
         self._detected = {}
-        for found in read_detections(path, read_pose_scan(scanFolder)):
+        for found in read_detections(path, read_scan(scanFolder, require_poses=False)):
             xray = self.xrayNode(found.view)
             if xray is not None:
                 points = [{"u": d.u, "v": d.v, "bead": d.bead} for d in found.detections]

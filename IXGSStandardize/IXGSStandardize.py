@@ -128,11 +128,11 @@ class IXGSStandardizeLogic(EngineModuleLogic):
     @staticmethod
     def preview(modelFile, scanFolder, view: int):
         """(raw, standardized) pixels of one X-ray of a scan, standardized in this process."""
-        from ixgs_engine.poses.scans import read_pose_scan
+        from ixgs_engine.io.scan import read_scan
         from ixgs_engine.io.xray_images import read_xray_image
         from ixgs_engine.standardize import apply_model
 
-        scan = read_pose_scan(scanFolder)
+        scan = read_scan(scanFolder, require_poses=False)
         if not 0 <= view < len(scan.views):
             raise ValueError(_("The scan has X-rays 0 to {last}.").format(last=len(scan.views) - 1))
         entry = scan.views[view]

@@ -15,7 +15,7 @@ from ixgs_engine.cli import main
 from ixgs_engine.errors import GeometryError, IXGSError
 from ixgs_engine.geometry.carm import Detector, carm_projection_matrix
 from ixgs_engine.geometry.projection import decompose_projection_matrix, normalize_projection_matrix, project_points
-from ixgs_engine.io.scan import load_projections, read_scan
+from ixgs_engine.io.scan import load_projections, read_scan, write_scan
 from ixgs_engine.poses.correspondence import best_match, projected_beads
 from ixgs_engine.poses.detection import Detection, detect_beads, read_points
 from ixgs_engine.poses.estimation import dlt, pnp, polish_matrix, reprojection_errors
@@ -30,7 +30,6 @@ from ixgs_engine.poses.phantom import (
 )
 from ixgs_engine.poses.pipeline import detect_view, estimate_scan
 from ixgs_engine.poses.refinement import ViewObservations, refine_views
-from ixgs_engine.poses.scans import read_pose_scan, write_uncalibrated_scan
 from ixgs_engine.poses.simulation import MU_STEEL_PER_MM, render_beads, write_bead_scan
 
 SHAPE = (96, 96)
@@ -133,8 +132,8 @@ def test_detection_finds_centres_to_a_tenth_of_a_pixel_and_ignores_an_edge():
 
 
 def test_blank_view_reports_no_beads(tmp_path):
-    write_uncalibrated_scan(tmp_path / "scan", [_background()], (3.0, 3.0))
-    found = detect_view(read_pose_scan(tmp_path / "scan"), PHANTOM, 0)
+    write_scan(tmp_path / "scan", [_background()], None, pixel_spacing=(3.0, 3.0))
+    found = detect_view(read_scan(tmp_path / "scan", require_poses=False), PHANTOM, 0)
     assert found.detections == [] and found.confidence == 0.0 and "no beads found" in found.message
 
 
@@ -289,7 +288,7 @@ def test_estimate_without_intrinsics_uses_dlt_and_manual_points(bead_scan, tmp_p
     visible = [i for i in range(unknown.count) if 0 <= uv[i, 0] < 95 and 0 <= uv[i, 1] < 95][:8]
     points = {"views": {"1": [{"u": float(uv[i, 0]), "v": float(uv[i, 1]), "bead": i} for i in visible]}}
     (tmp_path / "points.json").write_text(json.dumps(points))
-    scan = read_pose_scan(folder / "scan")
+    scan = read_scan(folder / "scan", require_poses=False)
     manual = read_points(tmp_path / "points.json", 3, unknown.count)
     found = [detect_view(scan, unknown, 1, manual[1], automatic=False)]
     pose = estimate_scan(scan, unknown, found)[0]
@@ -304,7 +303,7 @@ def test_estimate_without_intrinsics_uses_dlt_and_manual_points(bead_scan, tmp_p
 def test_bad_inputs_give_clear_messages(bead_scan, tmp_path, capsys):
     folder, _, phantom, *_ = bead_scan
     phantom_file = str(folder / "phantom.json")
-    write_uncalibrated_scan(tmp_path / "blank", [_background(1), _background(2)], (3.0, 3.0))
+    write_scan(tmp_path / "blank", [_background(1), _background(2)], None, pixel_spacing=(3.0, 3.0))
     blank = ["poses", "estimate", str(tmp_path / "blank"), "--phantom", phantom_file, "-o", str(tmp_path / "o")]
     assert main(blank) == 2
     captured = capsys.readouterr()
@@ -319,6 +318,6 @@ def test_bad_inputs_give_clear_messages(bead_scan, tmp_path, capsys):
     with pytest.raises(IXGSError, match="view '7' is not a view index"):
         read_points(tmp_path / "points.json", 3, phantom.count)
     few = [Detection(10.0, 10.0, source="manual"), Detection(20.0, 30.0, source="manual")]
-    found = detect_view(read_pose_scan(folder / "scan"), phantom, 0, few, automatic=False)
+    found = detect_view(read_scan(folder / "scan", require_poses=False), phantom, 0, few, automatic=False)
     assert "only 2 beads found; a pose needs at least 6" in found.message
     assert math.isnan(found.detections[0].radius)

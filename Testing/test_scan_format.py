@@ -52,6 +52,20 @@ def test_write_then_read_round_trip(scan_dir: Path):
     np.testing.assert_allclose(projections.roi.size, 60.0)
 
 
+def test_uncalibrated_scans_read_only_when_poses_are_not_required(tmp_path: Path):
+    write_scan(tmp_path / "raw", line_integral_images(), None, pixel_spacing=(4.0, 4.0))
+    with pytest.raises(ScanError, match=r'view 0 \(images/000.tif\): has no "projection_matrix"'):
+        read_scan(tmp_path / "raw")
+    scan = read_scan(tmp_path / "raw", require_poses=False)
+    assert not scan.has_poses and [v.projection_matrix for v in scan.views] == [None] * 3
+    assert scan.views[2].pixel_spacing == (4.0, 4.0)
+    with pytest.raises(ScanError, match=r"view 0 \(images/000.tif\): has no pose yet"):
+        load_projections(scan)
+    edit(tmp_path / "raw", lambda d: d["views"][1].update(projection_matrix=[[1, 0, 0]]))
+    with pytest.raises(ScanError, match=r"view 1 .*bad projection_matrix"):  # given matrices are still checked
+        read_scan(tmp_path / "raw", require_poses=False)
+
+
 def test_readers_write_nothing_into_the_scan_folder(scan_dir: Path):
     before = sorted(p.name for p in scan_dir.rglob("*"))
     load_projections(read_scan(scan_dir))

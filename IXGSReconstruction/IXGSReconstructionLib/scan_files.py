@@ -20,7 +20,6 @@ from ixgs_engine.geometry.roi import ROI
 from ixgs_engine.io import atomic_output
 from ixgs_engine.io.scan import SCAN_FILE, write_scan
 from ixgs_engine.io.xray_images import frame_count, read_xray_image
-from ixgs_engine.poses.scans import write_uncalibrated_scan
 
 
 def read_matrix_file(path: str | Path) -> np.ndarray:
@@ -65,9 +64,7 @@ def build_scan(
         raise IXGSError(f"the X-rays have different sizes {sorted(shapes)}; a scan needs one detector size")
     spacing = images[0].pixel_spacing
     pixels = [image.pixels for image in images]
-    if matrix_paths is None:
-        return write_uncalibrated_scan(folder, pixels, spacing, image_kind)
-    matrices = [read_matrix_file(path) for path in matrix_paths]
+    matrices = None if matrix_paths is None else [read_matrix_file(path) for path in matrix_paths]
     return write_scan(folder, pixels, matrices, image_kind, pixel_spacing=spacing)
 
 

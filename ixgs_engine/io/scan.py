@@ -30,16 +30,19 @@ NEGATIVE_TOLERANCE = 0.05
 
 @dataclass
 class View:
-    """One X-ray: its image file (relative to the scan folder) and its projection matrix."""
+    """One X-ray: its image file (relative to the scan folder) and its projection matrix (None
+    in a scan whose poses are still to be found, read with ``require_poses=False``)."""
 
     image: str
-    projection_matrix: np.ndarray
+    projection_matrix: np.ndarray | None
     pixel_spacing: tuple[float, float] | None = None
     frame: int | None = None
     i0: float | None = None
 
     def to_dict(self) -> dict:
-        out: dict = {"image": self.image, "projection_matrix": np.asarray(self.projection_matrix).tolist()}
+        out: dict = {"image": self.image}
+        if self.projection_matrix is not None:
+            out["projection_matrix"] = np.asarray(self.projection_matrix).tolist()
         if self.pixel_spacing is not None:
             out["pixel_spacing"] = [float(s) for s in self.pixel_spacing]
         if self.frame is not None:
@@ -66,7 +69,14 @@ class Scan:
         return self.folder / self.views[index].image
 
     @property
+    def has_poses(self) -> bool:
+        return all(view.projection_matrix is not None for view in self.views)
+
+    @property
     def matrices(self) -> np.ndarray:
+        for index, view in enumerate(self.views):
+            if view.projection_matrix is None:
+                raise ScanError("has no pose yet; estimate the poses first (`ixgs poses estimate`)", index, view.image)
         return np.stack([view.projection_matrix for view in self.views])
 
 
@@ -152,7 +162,7 @@ def _expand_circular(geometry: dict, count: int) -> list[np.ndarray]:
         raise ScanError(f'"geometry": {error}') from None
 
 
-def _parse_view(index: int, entry, matrix_from_geometry: np.ndarray | None) -> View:
+def _parse_view(index: int, entry, matrix_from_geometry: np.ndarray | None, require_pose: bool) -> View:
     if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
         raise ScanError('each view needs an "image" path (relative to the scan folder)', index)
     image = entry["image"]
@@ -165,8 +175,10 @@ def _parse_view(index: int, entry, matrix_from_geometry: np.ndarray | None) -> V
             matrix = validate_projection_matrix(np.asarray(entry["projection_matrix"], dtype=np.float64))
         except (GeometryError, TypeError, ValueError) as error:
             raise ScanError(f"bad projection_matrix: {error}", index, image) from None
-    else:
+    elif require_pose:
         raise ScanError('has no "projection_matrix" and the scan has no "geometry"', index, image)
+    else:
+        matrix = None
     spacing = None
     if "pixel_spacing" in entry:
         spacing = tuple(_number_list(entry["pixel_spacing"], 2, '"pixel_spacing"', index, image))
@@ -181,13 +193,17 @@ def _parse_view(index: int, entry, matrix_from_geometry: np.ndarray | None) -> V
     return View(image=image, projection_matrix=matrix, pixel_spacing=spacing, frame=frame, i0=i0)
 
 
-def read_scan(path: str | Path) -> Scan:
-    """Parse and check scan.json (not the images). ``path`` is the folder or its scan.json."""
+def read_scan(path: str | Path, require_poses: bool = True) -> Scan:
+    """Parse and check scan.json (not the images). ``path`` is the folder or its scan.json.
+    With ``require_poses=False`` views may lack a projection matrix (an uncalibrated scan whose
+    poses come from fiducials, docs/poses.md); the matrices that are given are still checked."""
     json_path = _scan_json_path(path)
     try:
         data = json.loads(json_path.read_text())
     except json.JSONDecodeError as error:
         raise ScanError(f"{json_path} is not valid JSON (line {error.lineno}, column {error.colno}): {error.msg}") from None
+    except UnicodeDecodeError as error:
+        raise ScanError(f"{json_path} is not valid JSON ({error})") from None
     if not isinstance(data, dict):
         raise ScanError(f"{json_path} must hold a JSON object")
     if data.get("format") != FORMAT:
@@ -206,7 +222,7 @@ def read_scan(path: str | Path) -> Scan:
         if not isinstance(geometry, dict):
             raise ScanError('"geometry" must be an object')
         matrices = _expand_circular(geometry, len(views))
-    parsed = [_parse_view(i, entry, matrices[i]) for i, entry in enumerate(views)]
+    parsed = [_parse_view(i, entry, matrices[i], require_poses) for i, entry in enumerate(views)]
     i0 = data.get("i0")
     if i0 is not None and not (isinstance(i0, (int, float)) and np.isfinite(i0) and i0 > 0):
         raise ScanError(f'"i0" must be a positive number, got {i0!r}')
@@ -257,7 +273,9 @@ def _check_line_integral(values: np.ndarray, index: int, image: str) -> None:
         )
 
 
-def _load_view_pixels(scan: Scan, index: int) -> np.ndarray:
+def load_view_pixels(scan: Scan, index: int) -> np.ndarray:
+    """The stored pixels of a view (float64, ``[v, u]``); unreadable or non-finite ones raise a
+    ScanError naming the view and file."""
     view = scan.views[index]
     try:
         pixels = read_xray_image(scan.image_path(index), frame=view.frame).pixels.astype(np.float64)
@@ -273,7 +291,7 @@ def _view_problems(scan: Scan, roi: ROI | None) -> Iterator[tuple[int, np.ndarra
     shape: tuple[int, int] | None = None
     for index, view in enumerate(scan.views):
         try:
-            pixels = _load_view_pixels(scan, index)
+            pixels = load_view_pixels(scan, index)
             if shape is None:
                 shape = pixels.shape
             elif pixels.shape != shape:
@@ -375,7 +393,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def write_scan(
     folder: str | Path,
     images: Sequence[np.ndarray],
-    matrices: Sequence[np.ndarray],
+    matrices: Sequence[np.ndarray] | None,
     image_kind: str = "line_integral",
     roi: ROI | None = None,
     pixel_spacing: tuple[float, float] | None = None,
@@ -384,20 +402,23 @@ def write_scan(
 ) -> Path:
     """Write a scan folder: float32 TIFF images under images/ and scan.json (each written
     atomically, scan.json last so a folder with scan.json is complete). With a circular
-    ``geometry`` block the views carry no matrices of their own. Returns its path."""
+    ``geometry`` block the views carry no matrices of their own; with ``matrices=None`` the scan
+    is uncalibrated (poses to be estimated from fiducials). Returns its path."""
     if image_kind not in IMAGE_KINDS:
         raise ValueError(f"image_kind must be one of {IMAGE_KINDS}, got {image_kind!r}")
+    if matrices is None:
+        matrices = [None] * len(images)
     if len(images) != len(matrices):
         raise ValueError(f"{len(images)} images but {len(matrices)} projection matrices")
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     views = []
-    for index, (image, matrix) in enumerate(zip(images, matrices)):
+    for index, (image, matrix) in enumerate(zip(images, matrices, strict=True)):
         name = f"images/{index:03d}.tif"
         write_xray_image(folder / name, np.asarray(image, dtype=np.float32))
-        entry = View(name, validate_projection_matrix(matrix), pixel_spacing).to_dict()
+        entry = View(name, None if matrix is None else validate_projection_matrix(matrix), pixel_spacing).to_dict()
         if geometry is not None:
-            del entry["projection_matrix"]
+            entry.pop("projection_matrix", None)
         views.append(entry)
     document: dict = {"format": FORMAT, "units": "mm", "image_kind": image_kind}
     if geometry is not None:

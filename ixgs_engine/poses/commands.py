@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.io import atomic_output
-from ixgs_engine.io.scan import SCAN_FILE, write_scan
+from ixgs_engine.io.scan import SCAN_FILE, load_view_pixels, read_scan, write_scan
 from ixgs_engine.progress import progress_bar
 
 REPORT_FILE = "poses_report.json"
@@ -88,9 +88,8 @@ def _prepare(args):
     """Scan, phantom, manual points and the output folder (never the scan's own folder)."""
     from ixgs_engine.poses.detection import read_points
     from ixgs_engine.poses.phantom import read_phantom
-    from ixgs_engine.poses.scans import read_pose_scan
 
-    scan = read_pose_scan(args.scan)
+    scan = read_scan(args.scan, require_poses=False)
     phantom = read_phantom(args.phantom)
     output = Path(args.output)
     if output.resolve() == scan.folder.resolve():
@@ -115,7 +114,7 @@ def _detect_all(args, scan, phantom, points):
 
 def _run_detect(args) -> int:
     from ixgs_engine.poses.overlays import overlay_png
-    from ixgs_engine.poses.pipeline import write_detections
+    from ixgs_engine.poses.pipeline import attenuation_image, write_detections
 
     started = time.perf_counter()
     scan, phantom, output, points = _prepare(args)
@@ -124,7 +123,7 @@ def _run_detect(args) -> int:
     found = _detect_all(args, scan, phantom, points)
     write_detections(output / DETECTIONS_FILE, scan, phantom, found)
     for view in found:
-        overlay_png(output / "overlays" / f"view_{view.view:03d}.png", scan.attenuation_image(view.view),
+        overlay_png(output / "overlays" / f"view_{view.view:03d}.png", attenuation_image(scan, view.view),
                     view.detections,
                     caption=f"view {view.view}: {len(view.detections)} detections, confidence {view.confidence:.2f}")
     for view in found:
@@ -143,7 +142,7 @@ def _run_estimate(args) -> int:
     from ixgs_engine.poses.inpainting import bead_mask, inpaint
     from ixgs_engine.poses.overlays import overlay_png
     from ixgs_engine.poses.detection import view_confidence
-    from ixgs_engine.poses.pipeline import detection_problem, estimate_scan, read_detections
+    from ixgs_engine.poses.pipeline import attenuation_image, detection_problem, estimate_scan, read_detections
 
     started = time.perf_counter()
     scan, phantom, output, points = _prepare(args)
@@ -162,7 +161,7 @@ def _run_estimate(args) -> int:
                           progress=progress_bar("estimating poses"))
     good = [p for p in poses if p.ok]
     for pose in poses:
-        overlay_png(output / "overlays" / f"view_{pose.view:03d}.png", scan.attenuation_image(pose.view),
+        overlay_png(output / "overlays" / f"view_{pose.view:03d}.png", attenuation_image(scan, pose.view),
                     found[pose.view].detections, phantom, pose.matrix,
                     caption=f"view {pose.view}: " + (f"{len(pose.pairs)} beads, RMS {pose.rms_px:.2f} px" if pose.ok
                                                      else "FAILED"))
@@ -177,7 +176,7 @@ def _run_estimate(args) -> int:
         raise IXGSError(f"no view got a pose (see the messages above and {output / REPORT_FILE}); no scan written")
     images = []
     for pose in good:
-        pixels = scan.load_image(pose.view)
+        pixels = load_view_pixels(scan, pose.view)
         images.append(inpaint(pixels, bead_mask(pose.matrix, phantom, pixels.shape)) if args.inpaint else pixels)
     spacings = {scan.views[p.view].pixel_spacing for p in good}
     extra = {"poses": {"source_scan": str(scan.folder.resolve()), "source_views": [p.view for p in good],

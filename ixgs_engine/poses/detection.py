@@ -1,7 +1,7 @@
 """Bead shadows in an X-ray: multi-scale LoG blob candidates, a ridge (edge) test, and a
 sub-pixel fit of the projected-sphere profile on a local plane background.
 
-Images must show attenuation as bright (line integrals; see ``PoseScan.attenuation_image``).
+Images must show attenuation as bright (line integrals; see ``pipeline.attenuation_image``).
 Manual 2-D points (POINTS_JSON, docs/poses.md) join or replace the automatic detections.
 """
 

@@ -16,12 +16,12 @@ import numpy as np
 
 from ixgs_engine.errors import GeometryError, IXGSError
 from ixgs_engine.io import atomic_output, read_json
+from ixgs_engine.io.scan import Scan, load_view_pixels
 from ixgs_engine.poses.correspondence import best_match
 from ixgs_engine.poses.detection import Detection, detect_beads, merge_manual, view_confidence
 from ixgs_engine.poses.estimation import dlt, extrinsics_matrix, pnp, polish_matrix, reprojection_errors
 from ixgs_engine.poses.phantom import BeadPhantom
 from ixgs_engine.poses.refinement import ViewObservations, refine_views
-from ixgs_engine.poses.scans import PoseScan
 
 DETECTIONS_FORMAT = "ixgs-bead-detections/1"
 MAGNIFICATION_RANGE = (1.0, 2.5)  # beads lie between source and detector
@@ -77,13 +77,22 @@ class ViewPose:
                 "projection_matrix": self.matrix.tolist() if self.matrix is not None else None}
 
 
-def view_pixel_mm(scan: PoseScan, phantom: BeadPhantom, index: int) -> float | None:
+def attenuation_image(scan: Scan, index: int) -> np.ndarray:
+    """A view where attenuating things (beads, bone) are bright: line integrals and
+    radiographs as stored, intensities as -ln(I)."""
+    pixels = load_view_pixels(scan, index)
+    if scan.image_kind == "intensity":
+        return -np.log(np.maximum(pixels, max(float(pixels[pixels > 0].min(initial=1.0)), 1e-12)))
+    return pixels
+
+
+def view_pixel_mm(scan: Scan, phantom: BeadPhantom, index: int) -> float | None:
     """Detector pixel size (mm) of a view: scan.json's, else the phantom's intrinsics'."""
     spacing = scan.views[index].pixel_spacing or (phantom.intrinsics.pixel_spacing if phantom.intrinsics else None)
     return float(np.mean(spacing)) if spacing else None
 
 
-def radius_range_px(scan: PoseScan, phantom: BeadPhantom, index: int,
+def radius_range_px(scan: Scan, phantom: BeadPhantom, index: int,
                     override: tuple[float, float] | None = None) -> tuple[float, float]:
     """Shadow radii (px) to look for: bead radii x magnification 1-2.5 / pixel size."""
     if override is not None:
@@ -96,13 +105,13 @@ def radius_range_px(scan: PoseScan, phantom: BeadPhantom, index: int,
     return low, max(float(phantom.diameters.max()) / 2 * MAGNIFICATION_RANGE[1] / pixel, low)
 
 
-def detect_view(scan: PoseScan, phantom: BeadPhantom, index: int, manual: list[Detection] | None = None,
+def detect_view(scan: Scan, phantom: BeadPhantom, index: int, manual: list[Detection] | None = None,
                 automatic: bool = True, radius_override: tuple[float, float] | None = None) -> ViewDetections:
     """Detections of one view (automatic, manual, or both) with a confidence and a message."""
     image = scan.views[index].image
     found: list[Detection] = []
     if automatic:
-        found = detect_beads(scan.attenuation_image(index), radius_range_px(scan, phantom, index, radius_override),
+        found = detect_beads(attenuation_image(scan, index), radius_range_px(scan, phantom, index, radius_override),
                              max_beads=2 * phantom.count + 8)
     found = merge_manual(found, manual or [])
     return ViewDetections(index, image, found, view_confidence(found, phantom.count), detection_problem(found, phantom))
@@ -122,7 +131,7 @@ def detection_problem(found: list[Detection], phantom: BeadPhantom) -> str:
     return ""
 
 
-def _intrinsics_options(scan: PoseScan, phantom: BeadPhantom, index: int, shape: tuple[int, int]) -> list[np.ndarray]:
+def _intrinsics_options(scan: Scan, phantom: BeadPhantom, index: int, shape: tuple[int, int]) -> list[np.ndarray]:
     """K matrices to search with: the phantom's (both mirror states unless it says), or a guess."""
     if phantom.intrinsics is not None:
         mirrored = phantom.intrinsics.mirrored
@@ -135,14 +144,14 @@ def _intrinsics_options(scan: PoseScan, phantom: BeadPhantom, index: int, shape:
             for sign in (-1.0, 1.0)]
 
 
-def estimate_view(scan: PoseScan, phantom: BeadPhantom, found: ViewDetections, shape: tuple[int, int]) -> ViewPose:
+def estimate_view(scan: Scan, phantom: BeadPhantom, found: ViewDetections, shape: tuple[int, int]) -> ViewPose:
     """Match and solve one view (no joint refinement yet)."""
     pose = ViewPose(found.view, found.image, pixel_mm=view_pixel_mm(scan, phantom, found.view),
                     detections=len(found.detections))
     if found.message:
         pose.message = found.message
         return pose
-    nominal = scan.views[found.view].nominal_matrix
+    nominal = scan.views[found.view].projection_matrix
     match = best_match(phantom, found.detections, _intrinsics_options(scan, phantom, found.view, shape), shape, nominal)
     minimum = MIN_MATCHED_KNOWN_INTRINSICS if phantom.intrinsics else MIN_MATCHED_DLT
     if match is None or len(match.pairs) < minimum:
@@ -185,13 +194,13 @@ def score_view(pose: ViewPose, phantom: BeadPhantom, detections: list[Detection]
         pose.matrix = None
 
 
-def estimate_scan(scan: PoseScan, phantom: BeadPhantom, detections: list[ViewDetections], refine: bool = True,
+def estimate_scan(scan: Scan, phantom: BeadPhantom, detections: list[ViewDetections], refine: bool = True,
                   refine_intrinsics: bool = False, max_rms_px: float = 1.0,
                   progress: Callable[..., None] | None = None) -> list[ViewPose]:
     """Poses of every view; successful views refined jointly (shared intrinsics)."""
     poses = []
     for count, found in enumerate(detections, start=1):
-        shape = scan.load_image(found.view).shape
+        shape = load_view_pixels(scan, found.view).shape
         poses.append(estimate_view(scan, phantom, found, shape))
         if progress is not None:
             progress(count, len(detections))
@@ -205,7 +214,7 @@ def estimate_scan(scan: PoseScan, phantom: BeadPhantom, detections: list[ViewDet
             observations.append(ViewObservations(phantom.positions[beads], uv, pose.matrix))
         known = None
         if phantom.intrinsics is not None:
-            known = phantom.intrinsics.matrix(scan.load_image(good[0].view).shape, mirrored=False)
+            known = phantom.intrinsics.matrix(load_view_pixels(scan, good[0].view).shape, mirrored=False)
         for pose, matrix in zip(good, refine_views(observations, known, refine_intrinsics), strict=True):
             pose.matrix = matrix
     for pose in good:
@@ -213,7 +222,7 @@ def estimate_scan(scan: PoseScan, phantom: BeadPhantom, detections: list[ViewDet
     return poses
 
 
-def write_detections(path: Path, scan: PoseScan, phantom: BeadPhantom, detections: list[ViewDetections]) -> None:
+def write_detections(path: Path, scan: Scan, phantom: BeadPhantom, detections: list[ViewDetections]) -> None:
     """The detections JSON (``ixgs-bead-detections/1``), atomically."""
     document = {"format": DETECTIONS_FORMAT, "scan": str(scan.folder), "phantom": phantom.name,
                 "views": [d.to_dict() for d in detections]}
@@ -221,7 +230,7 @@ def write_detections(path: Path, scan: PoseScan, phantom: BeadPhantom, detection
         temp.write_text(json.dumps(document, indent=1))
 
 
-def read_detections(path: str | Path, scan: PoseScan) -> list[ViewDetections]:
+def read_detections(path: str | Path, scan: Scan) -> list[ViewDetections]:
     """Detections written by `ixgs poses detect` for this scan (one entry per view)."""
     path = Path(path)
     data = read_json(path, "write one with `ixgs poses detect`")

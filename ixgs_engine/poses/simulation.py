@@ -9,8 +9,8 @@ import numpy as np
 
 from ixgs_engine.geometry.projection import normalize_projection_matrix, project_points, source_position
 from ixgs_engine.geometry.roi import ROI
+from ixgs_engine.io.scan import write_scan
 from ixgs_engine.poses.phantom import BeadPhantom
-from ixgs_engine.poses.scans import write_uncalibrated_scan
 from ixgs_engine.simulate import add_poisson_noise, render_line_integrals
 from ixgs_engine.volume import Volume
 
@@ -104,5 +104,5 @@ def write_bead_scan(
     with_beads, anatomy = simulate_bead_views(attenuation, phantom, matrices, image_shape, photons, seed)
     extra = {"simulation": {"projection_matrices": np.asarray(matrices).tolist(), "photons": photons,
                             "bead_phantom": phantom.name}}
-    write_uncalibrated_scan(folder, list(with_beads), pixel_spacing, extra=extra, roi=roi)
+    write_scan(folder, list(with_beads), None, roi=roi, pixel_spacing=pixel_spacing, extra=extra)
     return with_beads, anatomy

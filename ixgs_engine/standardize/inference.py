@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ixgs_engine.device import resolve_device
-from ixgs_engine.errors import IXGSError, ScanError
-from ixgs_engine.io.scan import read_scan, write_scan
-from ixgs_engine.io.xray_images import read_xray_image
+from ixgs_engine.errors import IXGSError
+from ixgs_engine.io.scan import load_view_pixels, read_scan, write_scan
 from ixgs_engine.standardize.model import StandardizationModel, load_model
 
 
@@ -40,14 +39,8 @@ def standardize_scan(
     if output_dir.resolve() == scan.folder.resolve():
         raise IXGSError(f"{output_dir}: the output folder must differ from the input scan (inputs are never modified)")
     images = []
-    for index, view in enumerate(scan.views):
-        try:
-            pixels = read_xray_image(scan.image_path(index), frame=view.frame).pixels
-        except IXGSError as error:
-            raise ScanError(str(error), index, view.image) from None
-        if not np.all(np.isfinite(pixels)):
-            raise ScanError("holds NaN or infinite pixels", index, view.image)
-        images.append(model.standardize(pixels[None])[0])
+    for index in range(len(scan.views)):
+        images.append(model.standardize(load_view_pixels(scan, index)[None])[0])
         if progress is not None:
             progress(index + 1, len(scan.views))
     # the ground truth of a simulated scan is the plain attenuation map, not the bone-enhanced one

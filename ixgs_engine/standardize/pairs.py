@@ -28,7 +28,7 @@ from scipy.ndimage import affine_transform
 from ixgs_engine.errors import IXGSError, ScanError
 from ixgs_engine.geometry.carm import Detector
 from ixgs_engine.io import atomic_output
-from ixgs_engine.io.scan import read_scan
+from ixgs_engine.io.scan import load_view_pixels, read_scan
 from ixgs_engine.io.xray_images import read_xray_image, write_xray_image
 from ixgs_engine.phantoms import spine_phantom
 from ixgs_engine.simulate import CarmSetup, arbitrary_poses, pose_matrices, render_line_integrals
@@ -273,10 +273,7 @@ def make_pairs_from_scan(
     scan = read_scan(scan_dir)
     images = []
     for index, view in enumerate(scan.views):
-        try:
-            images.append(read_xray_image(scan.image_path(index), frame=view.frame).pixels.astype(np.float32))
-        except IXGSError as error:
-            raise ScanError(str(error), index, view.image) from None
+        images.append(load_view_pixels(scan, index).astype(np.float32))
         if images[-1].shape != images[0].shape:
             raise ScanError("image size differs from view 0; all views must have the same size", index, view.image)
     water, bone = render_basis(hu, scan.matrices, images[0].shape, device, progress)
