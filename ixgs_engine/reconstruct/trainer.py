@@ -40,6 +40,21 @@ LEARNING_RATES = {
 ProgressCallback = Callable[[int, int, dict], None]
 
 
+def read_log(run_dir: Path) -> list[dict]:
+    """A run's training log (one JSON object per line); [] when the run has none."""
+    path = Path(run_dir) / LOG_FILE
+    if not path.is_file():
+        return []
+    entries = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise IXGSError(f"{path}, line {number}: not JSON; the log is damaged") from None
+    return entries
+
+
 class ReconstructionCancelled(IXGSError):
     """The run was cancelled; its last state is in the checkpoint."""
 
@@ -146,12 +161,7 @@ class Trainer:
         """Entries already logged up to the current iteration (later ones, from after the last
         checkpoint of an interrupted run, are dropped) and a log file holding exactly them."""
         path = self.output_dir / LOG_FILE
-        kept: list[dict] = []
-        if resumed and path.exists():
-            for line in path.read_text().splitlines():
-                entry = json.loads(line)
-                if entry["iteration"] <= self.iteration:
-                    kept.append(entry)
+        kept = [entry for entry in read_log(self.output_dir) if entry["iteration"] <= self.iteration] if resumed else []
         with atomic_output(path) as temp:
             temp.write_text("".join(json.dumps(e) + "\n" for e in kept))
         return kept

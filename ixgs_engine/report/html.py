@@ -22,11 +22,11 @@ from ixgs_engine.errors import IXGSError
 from ixgs_engine.evaluate.evaluation import Evaluation, evaluate_reconstruction, load_reconstruction
 from ixgs_engine.evaluate.resample import resample_to
 from ixgs_engine.io import atomic_output
+from ixgs_engine.reconstruct.trainer import read_log
 from ixgs_engine.report import plots
 from ixgs_engine.report.ratings import CRITERIA, CSV_COLUMNS, LIKERT
 
 REPORT_FILE = "report.html"
-LOG_FILE = "log.jsonl"
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1250px; color: #222; }
@@ -100,21 +100,6 @@ def _format(value: object) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(_format(v) for v in value)
     return str(value)
-
-
-def read_log(run_dir: Path) -> list[dict]:
-    """The training log (one JSON object per line); [] when the run has none."""
-    path = run_dir / LOG_FILE
-    if not path.is_file():
-        return []
-    entries = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise IXGSError(f"{path}, line {number}: not JSON; the log is damaged") from None
-    return entries
 
 
 def _settings_section(summary: dict) -> str:
