@@ -2,10 +2,16 @@
 
 Each ray is sampled where it crosses the voxel planes of its dominant index axis, with
 bilinear interpolation inside the plane (trilinear interpolation at an integer coordinate),
-and each sample is weighted by the ray length between planes: the same discretization as
-RTK's Joseph forward projector. Sampling uses ``grid_sample`` (zero outside the volume), so
-the operator is linear, differentiable, and its exact transpose comes from the sampler's
-gradient. Work is split per view and per chunk of rays to bound memory.
+and each sample is weighted by the ray length it stands for: the same discretization as
+RTK's Joseph forward projector, border included. As in RTK, the volume spans its outermost
+voxel centres (index 0 .. n - 1 along each axis): a ray is cut to that box, plane k stands
+for the ray's stretch between k - 1/2 and k + 1/2 inside it (so the first and last samples
+weigh the partial steps to where the ray enters and leaves), and in-plane coordinates just
+outside the box take the border voxel's value. So a CT whose tissue reaches the faces of its
+box projects as RTK projects it (the tests compare the two on such volumes). Sampling uses
+``grid_sample`` (border padding), so the operator is linear, differentiable, and its exact
+transpose comes from the sampler's gradient. Work is split per view and per chunk of rays to
+bound memory.
 """
 
 from __future__ import annotations
@@ -76,13 +82,13 @@ class JosephProjector:
 
     def _plane_samples(self, view: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """For one view, chunks of (ray indices (R,), grid coordinates (R, L, 3) in [-1, 1],
-        sample mask (R, L), per-ray weight (R,)) covering every ray that meets the volume."""
+        sample weights (R, L) in steps between planes, per-ray step length (R,)) covering every
+        ray that meets the volume's box."""
         source, directions, lengths = self._index_rays(view)
         counts = self._counts
-        # Samples contribute only strictly inside (-1, n) along each axis (zero padding).
         safe = torch.where(directions.abs() < 1e-12, torch.full_like(directions, 1e-12), directions)
-        t_a = (-1.0 - source) / safe
-        t_b = (counts - source) / safe
+        t_a = (0.0 - source) / safe
+        t_b = (counts - 1.0 - source) / safe
         t_enter = torch.minimum(t_a, t_b).amax(dim=1).clamp_min(0.0)
         t_exit = torch.maximum(t_a, t_b).amin(dim=1)
         dominant = directions.abs().argmax(dim=1)
@@ -93,13 +99,14 @@ class JosephProjector:
             d_axis = directions[rays, axis]
             k_enter = source[axis] + t_enter[rays] * d_axis
             k_exit = source[axis] + t_exit[rays] * d_axis
-            k_low = torch.ceil(torch.minimum(k_enter, k_exit)).clamp(0, counts[axis] - 1)
-            k_high = torch.floor(torch.maximum(k_enter, k_exit)).clamp(0, counts[axis] - 1)
-            keep = k_high >= k_low
-            rays, d_axis, k_low, k_high = rays[keep], d_axis[keep], k_low[keep], k_high[keep]
+            k_near, k_far = torch.minimum(k_enter, k_exit), torch.maximum(k_enter, k_exit)
+            # Plane k stands for the ray's stretch of [k - 1/2, k + 1/2] inside the box.
+            k_low = torch.floor(k_near + 0.5).clamp(0, counts[axis] - 1)
+            k_high = torch.floor(k_far + 0.5).clamp(0, counts[axis] - 1)
             span = (k_high - k_low + 1).long()
             order = torch.argsort(span)
             rays, d_axis, k_low, span = rays[order], d_axis[order], k_low[order], span[order]
+            k_near, k_far = k_near[order], k_far[order]
             start = 0
             while start < rays.numel():
                 stop = self._chunk_end(span, start)
@@ -109,9 +116,12 @@ class JosephProjector:
                 t = (planes - source[axis]) / d_axis[start:stop, None]
                 points = source + t[..., None] * directions[rays[start:stop], None, :]
                 coords = (2.0 * points / (counts - 1.0) - 1.0).to(self.dtype)
-                mask = (steps < span[start:stop, None]).to(self.dtype)
+                covered = torch.minimum(planes + 0.5, k_far[start:stop, None]) - torch.maximum(
+                    planes - 0.5, k_near[start:stop, None]
+                )
+                samples = (covered.clamp_min(0.0) * (steps < span[start:stop, None])).to(self.dtype)
                 weight = (lengths[rays[start:stop]] / d_axis[start:stop].abs()).to(self.dtype)
-                yield rays[start:stop], coords, mask, weight
+                yield rays[start:stop], coords, samples, weight
                 start = stop
 
     def _chunk_end(self, span: torch.Tensor, start: int) -> int:
@@ -130,9 +140,9 @@ class JosephProjector:
         source = volume.to(device=self.device, dtype=self.dtype)[None, None]
         out = torch.zeros(self.num_views, height * width, dtype=self.dtype, device=self.device)
         for view in range(self.num_views):
-            for rays, coords, mask, weight in self._plane_samples(view):
-                samples = F.grid_sample(source, coords[None, None], mode="bilinear", padding_mode="zeros", align_corners=True)
-                out[view, rays] = (samples[0, 0, 0] * mask).sum(dim=1) * weight
+            for rays, coords, samples_weight, weight in self._plane_samples(view):
+                samples = F.grid_sample(source, coords[None, None], mode="bilinear", padding_mode="border", align_corners=True)
+                out[view, rays] = (samples[0, 0, 0] * samples_weight).sum(dim=1) * weight
         return out.reshape(self.num_views, height, width)
 
     def adjoint(self, projections: torch.Tensor) -> torch.Tensor:
@@ -146,10 +156,10 @@ class JosephProjector:
         total = torch.zeros((1, 1, *self.grid.shape), dtype=self.dtype, device=self.device)
         with torch.enable_grad():
             for view in range(self.num_views):
-                for rays, coords, mask, weight in self._plane_samples(view):
+                for rays, coords, samples_weight, weight in self._plane_samples(view):
                     leaf = torch.zeros((1, 1, *self.grid.shape), dtype=self.dtype, device=self.device, requires_grad=True)
-                    samples = F.grid_sample(leaf, coords[None, None], mode="bilinear", padding_mode="zeros", align_corners=True)
-                    upstream = (flat[view, rays] * weight)[:, None] * mask
+                    samples = F.grid_sample(leaf, coords[None, None], mode="bilinear", padding_mode="border", align_corners=True)
+                    upstream = (flat[view, rays] * weight)[:, None] * samples_weight
                     (grad,) = torch.autograd.grad(samples[0, 0, 0], leaf, grad_outputs=upstream)
                     total += grad
         return total[0, 0]
