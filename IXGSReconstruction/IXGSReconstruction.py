@@ -72,7 +72,7 @@ class IXGSReconstructionParameterNode:
     currentView: Annotated[int, WithinRange(0, 999)] = 0
     phantomFile: pathlib.Path
     roi: vtkMRMLMarkupsROINode
-    preset: Annotated[str, Choice(["fast", "default", "quality"])] = "fast"
+    preset: Annotated[str, Choice(["auto", "cpu", "fast", "default", "quality"])] = "auto"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     iterations: Annotated[int, WithinRange(0, 100000)] = 0
     outputFolder: pathlib.Path

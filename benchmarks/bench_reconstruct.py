@@ -111,7 +111,7 @@ class QualityTrace:
             raise RuntimeError("QualityTrace needs the trainer (attach) before training starts")
         began = time.perf_counter()
         trainer = self.trainer
-        volume = voxelize_volume(trainer.model, trainer.data.scene, self.truth.grid, trainer.backend)
+        volume = voxelize_volume(trainer.model, trainer.data.scene, trainer.data.roi, self.truth.grid, trainer.backend)
         voxelized = time.perf_counter()
         point = {
             "iteration": iteration,

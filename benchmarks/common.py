@@ -46,18 +46,27 @@ class SimulatedScan:
         return float(self.phantom.spacing[0])
 
 
-def arbitrary_poses(views: int, detector: Detector, seed: int) -> np.ndarray:
-    """(views, 3, 4) C-arm matrices at random angles, distances and isocentre shifts."""
+def arbitrary_poses(
+    views: int,
+    detector: Detector,
+    seed: int,
+    secondary_deg: float = 35.0,
+    jitter_mm: float = 10.0,
+    isocenter: np.ndarray | None = None,
+) -> np.ndarray:
+    """(views, 3, 4) C-arm matrices at random angles (primary ±100°, secondary ±``secondary_deg``),
+    distances and isocentre shifts (±``jitter_mm`` around ``isocenter``, default the origin)."""
     rng = np.random.default_rng(seed)
+    centre = np.zeros(3) if isocenter is None else np.asarray(isocenter, dtype=np.float64)
     return np.stack(
         [
             carm_projection_matrix(
                 primary_deg=rng.uniform(-100.0, 100.0),
-                secondary_deg=rng.uniform(-35.0, 35.0),
+                secondary_deg=rng.uniform(-secondary_deg, secondary_deg),
                 source_to_isocenter=rng.uniform(650.0, 750.0),
                 source_to_detector=rng.uniform(1000.0, 1200.0),
                 detector=detector,
-                isocenter=rng.uniform(-10.0, 10.0, 3),
+                isocenter=centre + rng.uniform(-jitter_mm, jitter_mm, 3),
             )
             for _ in range(views)
         ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -153,11 +154,12 @@ def _run_info(args) -> int:
 
 def _add_reconstruct_options(parser: argparse.ArgumentParser, default_preset: str) -> None:
     """Options shared by ``reconstruct`` and ``demo``."""
-    from ixgs_engine.reconstruct.config import PRESETS
+    from ixgs_engine.reconstruct.config import DEFAULT_PRESET, PRESETS
 
-    parser.add_argument("--preset", choices=tuple(PRESETS), default=default_preset,
-                        help=f"settings bundle (default {default_preset}): default = R2-Gaussian's recipe, "
-                        "quality = SART start + 2 views a step, fast = minutes on a CPU")
+    parser.add_argument("--preset", choices=(DEFAULT_PRESET, *PRESETS), default=default_preset,
+                        help=f"settings bundle (default {default_preset}): auto = cpu on a CPU and default on a "
+                        "CUDA GPU; cpu = minutes on a CPU (tuned on a real CT); default = R2-Gaussian's recipe; "
+                        "quality = SART start + 2 views a step; fast = the demo's, a few minutes")
     parser.add_argument("--iterations", type=int, help="optimization steps (overrides the preset)")
     parser.add_argument("--init", choices=("random", "volume"), help="random (the paper's) or volume (a few SART iterations)")
     parser.add_argument("--gaussians", type=int, help="number of Gaussians to start with")
@@ -170,12 +172,20 @@ def _add_reconstruct_options(parser: argparse.ArgumentParser, default_preset: st
     parser.add_argument("--threshold", type=float, help="also write a label map of attenuation >= this (1/mm)")
 
 
+def _preset_name(args) -> str:
+    """The preset ``--preset`` names on the run's device (``auto`` resolved, e.g. ``auto -> cpu``)."""
+    from ixgs_engine.reconstruct.config import resolve_preset
+
+    resolved = resolve_preset(args.preset, resolve_device(args.device))
+    return resolved if resolved == args.preset else f"{resolved} ({args.preset})"
+
+
 def _config_from(args):
-    from ixgs_engine.reconstruct.config import preset
+    from ixgs_engine.reconstruct.config import preset, resolve_preset
 
     try:
-        return preset(args.preset, iterations=args.iterations, init=args.init, num_gaussians=args.gaussians,
-                      seed=args.seed, holdout_every=args.holdout_every)
+        return preset(resolve_preset(args.preset, resolve_device(args.device)), iterations=args.iterations,
+                      init=args.init, num_gaussians=args.gaussians, seed=args.seed, holdout_every=args.holdout_every)
     except ValueError as error:  # e.g. --iterations 0 or --holdout-every 1
         raise IXGSError(f"invalid reconstruction options: {error}") from None
 
@@ -189,7 +199,7 @@ def _add_reconstruct(subparsers) -> None:
     parser.add_argument("scan", help="scan folder (holding scan.json)")
     parser.add_argument("-o", "--output", required=True, help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint")
-    _add_reconstruct_options(parser, "default")
+    _add_reconstruct_options(parser, "auto")
     parser.set_defaults(run=_run_reconstruct)
 
 
@@ -198,7 +208,7 @@ def _run_reconstruct(args) -> int:
 
     summary, _ = reconstruct_scan(
         args.scan, args.output, _config_from(args), args.device, args.resume, args.voxel_size, args.format,
-        args.threshold, progress=progress_bar("reconstructing", "it"),
+        args.threshold, progress=progress_bar("reconstructing", "it"), preset_name=_preset_name(args),
     )
     print(summary.line())
     return 0
@@ -234,7 +244,7 @@ def _run_demo(args) -> int:
     summary, volume = reconstruct_scan(
         output / "scan", output / "reconstruction", _config_from(args), args.device,
         voxel_size=field_of_view / args.phantom_size, volume_format=args.format, threshold=args.threshold,
-        progress=progress_bar("reconstructing", "it"),
+        progress=progress_bar("reconstructing", "it"), preset_name=_preset_name(args),
     )
     metrics = {"psnr_3d_db": psnr_3d(volume, truth), "ssim_3d": ssim_3d(volume, truth),
                "views": args.views, "reconstruction_seconds": summary.total_seconds}
@@ -271,9 +281,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at each record (not the stream of the first call)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _show_log_lines() -> None:
+    """The engine's INFO log lines (preset and estimated time, render backend) on stderr, once."""
+    logger = logging.getLogger("ixgs_engine")
+    if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("ixgs: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``ixgs`` subcommand; user errors print one clear line and exit with code 2."""
     args = build_parser().parse_args(argv)
+    _show_log_lines()
     try:
         return int(args.run(args))
     except IXGSError as error:

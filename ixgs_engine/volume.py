@@ -58,6 +58,11 @@ class VolumeGrid:
         """Physical size (mm) of the box the voxels cover along i, j, k."""
         return self.spacing * np.array(self.size_ijk, dtype=np.float64)
 
+    def voxel_centres(self) -> np.ndarray:
+        """World positions (nz, ny, nx, 3) of every voxel centre."""
+        k, j, i = np.meshgrid(*(np.arange(n) for n in self.shape), indexing="ij")
+        return np.stack([i, j, k], axis=-1) @ self.index_to_world_matrix()[:3, :3].T + self.origin
+
 
 class Volume(VolumeGrid):
     """Voxel values (``array``, indexed [k, j, i]) on a :class:`VolumeGrid`."""

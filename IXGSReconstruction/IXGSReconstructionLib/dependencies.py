@@ -98,5 +98,6 @@ def device_summary(cuda_available: bool, gpu_name: str | None = None) -> tuple[s
         return "cuda", f"GPU found ({gpu_name or 'CUDA device'}): reconstructions run on the GPU."
     return "cpu", (
         "No CUDA GPU is visible to PyTorch: reconstructions run on the CPU, which is much slower. "
-        "Use the 'fast' preset, or install the PyTorch extension's CUDA build on a computer with an NVIDIA GPU."
+        "The 'auto' preset then runs the CPU recipe (minutes); install the PyTorch extension's CUDA build "
+        "on a computer with an NVIDIA GPU for the full one."
     )

@@ -302,7 +302,7 @@ def _add_batch(subparsers) -> None:
     )
     parser.add_argument("scans", nargs="+", help="scan folders")
     parser.add_argument("-o", "--output", required=True, help="output folder")
-    _add_reconstruct_options(parser, "default")
+    _add_reconstruct_options(parser, "auto")
     _add_cluster_option(parser)
     parser.set_defaults(run=_run_batch)
 

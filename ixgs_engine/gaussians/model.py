@@ -20,7 +20,7 @@ length unit), ``scale_bounds`` (2,), and, when the scene normalization is known,
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -154,12 +154,26 @@ class GaussianModel:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> GaussianModel:
-        """``n`` isotropic Gaussians uniform in [-1, 1]^3 with peak ``density``, scales from
-        the RMS distance to the 3 nearest neighbours (as R^2-Gaussian / 3DGS), no rotation."""
+        """``n`` isotropic Gaussians uniform in [-1, 1]^3 with peak ``density`` (see
+        :meth:`at_points`)."""
         positions = np.random.default_rng(seed).uniform(-1.0, 1.0, size=(n, 3))
-        return cls._isotropic(
-            positions, knn_scales(positions), np.full(n, float(density)), normalization, device, dtype
-        )
+        return cls.at_points(positions, density=density, normalization=normalization, device=device, dtype=dtype)
+
+    @classmethod
+    def at_points(
+        cls,
+        positions: np.ndarray,
+        *,
+        density: float,
+        normalization: SceneNormalization | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> GaussianModel:
+        """Isotropic Gaussians at ``positions`` (N, 3) with peak ``density``, scales from the RMS
+        distance to the 3 nearest neighbours (as R^2-Gaussian / 3DGS), no rotation."""
+        positions = np.asarray(positions, dtype=np.float64)
+        scales = np.clip(knn_scales(positions), *SCALE_BOUNDS)
+        return cls._isotropic(positions, scales, np.full(len(positions), float(density)), normalization, device, dtype)
 
     @classmethod
     def from_volume(
@@ -202,6 +216,22 @@ class GaussianModel:
         sampled = flat[picks]
         gamma = mass / np.sum(sampled * (2.0 * math.pi) ** 1.5 * scales**3)
         return cls._isotropic(positions, scales, gamma * sampled, normalization, device, dtype)
+
+    @classmethod
+    def concatenate(
+        cls,
+        models: Sequence[GaussianModel],
+        normalization: SceneNormalization | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> GaussianModel:
+        """One model holding the Gaussians of ``models`` in order (activated values, the first
+        model's scale bounds)."""
+        with torch.no_grad():
+            values = [torch.cat([getattr(m, name).to(device) for m in models]) for name in PARAMETER_NAMES]
+        return cls.from_values(
+            *values, scale_bounds=models[0].scale_bounds, normalization=normalization, device=device, dtype=dtype
+        )
 
     @classmethod
     def _isotropic(
@@ -349,22 +379,31 @@ class GaussianModel:
         max_gaussians: int = 500_000,
         split_density_factor: float = SPLIT_DENSITY_FACTOR,
         generator: torch.Generator | None = None,
+        domain: Sequence[float] = (BOX_SIZE / 2,) * 3,
+        refined: Sequence[float] | None = None,
     ) -> dict[str, int]:
         """R^2-Gaussian's adaptive control: Gaussians whose mean view-space gradient reaches
         ``grad_threshold`` are cloned when their largest scale is at most ``scale_threshold``
         and split otherwise (see :meth:`split` for ``split_density_factor``; never past
         ``max_gaussians``, the largest gradients first); then Gaussians with density below
-        ``min_density`` or centre outside [-1, 1]^3 are pruned. The statistics restart. Returns the counts."""
+        ``min_density`` or centre outside the ``domain`` box (half-sizes along x, y, z; default
+        [-1, 1]^3) are pruned. With ``refined`` (half-sizes of a smaller centred box), only
+        Gaussians inside it are cloned or split: the rest of the domain stays coarse. The
+        statistics restart. Returns the counts."""
         with torch.no_grad():
             gradients = self.mean_screen_gradients()
-            hot = self._within_budget(gradients >= grad_threshold, gradients, max_gaussians - self.num_gaussians)
+            candidates = gradients >= grad_threshold
+            if refined is not None:
+                candidates &= (self.positions.abs() <= self.positions.new_tensor(list(refined))).all(dim=1)
+            hot = self._within_budget(candidates, gradients, max_gaussians - self.num_gaussians)
             large = self.scales.amax(dim=1) > scale_threshold
             clone_mask = hot & ~large
             split_mask = hot & large
             self.clone(clone_mask, optimizer)
             split_mask = torch.cat([split_mask, split_mask.new_zeros(int(clone_mask.sum()))])
             self.split(split_mask, optimizer, generator, split_density_factor)
-            prune_mask = (self.densities < min_density) | (self.positions.abs() > BOX_SIZE / 2).any(dim=1)
+            outside = (self.positions.abs() > self.positions.new_tensor(list(domain))).any(dim=1)
+            prune_mask = (self.densities < min_density) | outside
             self.prune(prune_mask, optimizer)
             self._grad_sum.zero_()
             self._grad_count.zero_()

@@ -56,6 +56,11 @@ class SceneNormalization:
         """Density per normalized length unit that gives the same line integrals."""
         return mu_per_mm / self.scale
 
+    def half_sizes(self, roi: ROI) -> np.ndarray:
+        """Half-sizes (3,) of an ROI box in normalized units, along the normalized axes (those of
+        the ROI this normalization came from)."""
+        return self.scale * np.asarray(roi.size, dtype=np.float64) / 2.0
+
     def attenuation_to_world(self, density: np.ndarray | float) -> np.ndarray | float:
         """Inverse of :meth:`attenuation_to_normalized`: back to 1/mm."""
         return density * self.scale

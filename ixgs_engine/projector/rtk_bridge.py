@@ -174,6 +174,31 @@ def rtk_forward_project(
     return itk.array_from_image(projector.GetOutput()).copy()
 
 
+def _iterative_setup(
+    projections: np.ndarray, matrices: np.ndarray | Sequence[np.ndarray], grid: VolumeGrid, iterations: int
+) -> tuple[Any, Any, Any, Any, Any]:
+    """What RTK's iterative reconstructions share: ``(itk, rtk, geometry, zero volume image,
+    projection stack image)``, after checking the stack and the iteration count."""
+    itk, rtk = _import_rtk()
+    normalized = _as_matrices(matrices)
+    stack = np.asarray(projections)
+    if stack.ndim != 3 or stack.shape[0] != len(normalized):
+        raise ValueError(f"projections must be (N, H, W) with N = {len(normalized)} views, got {stack.shape}")
+    if iterations < 1:
+        raise ValueError("iterations must be >= 1")
+    geometry, spacing = rtk_geometry(normalized, u_spacing=_u_spacing_beyond(grid, normalized))
+    return itk, rtk, geometry, _volume_image(itk, np.zeros(grid.shape), grid), _projection_image(itk, stack, spacing)
+
+
+def _use_joseph_pair(reconstruction: Any, geometry: Any) -> None:
+    """Geometry, the matched Joseph forward / back projector pair and no displaced-detector
+    weighting for one of RTK's iterative reconstruction filters."""
+    reconstruction.SetGeometry(geometry)
+    reconstruction.SetDisableDisplacedDetectorFilter(True)
+    reconstruction.SetForwardProjectionFilter(reconstruction.ForwardProjectionType_FP_JOSEPH)
+    reconstruction.SetBackProjectionFilter(reconstruction.BackProjectionType_BP_JOSEPH)
+
+
 def rtk_sart(
     projections: np.ndarray,
     matrices: np.ndarray | Sequence[np.ndarray],
@@ -192,28 +217,50 @@ def rtk_sart(
     panel and would reweight off-centre views of an arbitrary geometry. RTK visits the views
     in a shuffled (seeded, reproducible) order.
     """
-    itk, rtk = _import_rtk()
-    normalized = _as_matrices(matrices)
-    stack = np.asarray(projections)
-    if stack.ndim != 3 or stack.shape[0] != len(normalized):
-        raise ValueError(f"projections must be (N, H, W) with N = {len(normalized)} views, got {stack.shape}")
-    if iterations < 1 or views_per_subset < 1:
-        raise ValueError("iterations and views_per_subset must be >= 1")
-    geometry, spacing = rtk_geometry(normalized, u_spacing=_u_spacing_beyond(grid, normalized))
+    if views_per_subset < 1:
+        raise ValueError("views_per_subset must be >= 1")
+    itk, rtk, geometry, volume, stack = _iterative_setup(projections, matrices, grid, iterations)
     image_type = itk.Image[itk.F, 3]
     sart = rtk.SARTConeBeamReconstructionFilter[image_type, image_type].New()
-    sart.SetInput(0, _volume_image(itk, np.zeros(grid.shape), grid))
-    sart.SetInput(1, _projection_image(itk, stack, spacing))
-    sart.SetGeometry(geometry)
+    sart.SetInput(0, volume)
+    sart.SetInput(1, stack)
+    _use_joseph_pair(sart, geometry)
     sart.SetNumberOfIterations(int(iterations))
     sart.SetLambda(float(relaxation))
     sart.SetNumberOfProjectionsPerSubset(int(views_per_subset))
     sart.SetEnforcePositivity(bool(positivity))
-    sart.SetDisableDisplacedDetectorFilter(True)
-    sart.SetForwardProjectionFilter(sart.ForwardProjectionType_FP_JOSEPH)
-    sart.SetBackProjectionFilter(sart.BackProjectionType_BP_JOSEPH)
     sart.Update()
     return Volume.on_grid(grid, itk.array_from_image(sart.GetOutput()).copy())
+
+
+def rtk_tv_conjugate_gradient(
+    projections: np.ndarray,
+    matrices: np.ndarray | Sequence[np.ndarray],
+    grid: VolumeGrid,
+    gamma_tv: float,
+    iterations: int = 3,
+    cg_iterations: int = 4,
+    tv_iterations: int = 10,
+) -> Volume:
+    """RTK's TV-regularized iterative reconstruction (``RegularizedConjugateGradientConeBeam
+    ReconstructionFilter``) from a zero volume on ``grid``: ``iterations`` outer loops, each
+    ``cg_iterations`` of conjugate gradient on the least-squares data term, positivity, then a
+    TV denoising of the volume (``gamma_tv``, ``tv_iterations`` inner steps). Matched Joseph
+    projector pair, no displaced-detector weighting, as :func:`rtk_sart`."""
+    itk, rtk, geometry, volume, stack = _iterative_setup(projections, matrices, grid, iterations)
+    image_type = itk.Image[itk.F, 3]
+    cg = rtk.RegularizedConjugateGradientConeBeamReconstructionFilter[image_type].New()
+    cg.SetInputVolume(volume)
+    cg.SetInputProjectionStack(stack)
+    _use_joseph_pair(cg, geometry)
+    cg.SetMainLoop_iterations(int(iterations))
+    cg.SetCG_iterations(int(cg_iterations))
+    cg.SetPerformPositivity(True)
+    cg.SetPerformTVSpatialDenoising(True)
+    cg.SetGammaTV(float(gamma_tv))
+    cg.SetTV_iterations(int(tv_iterations))
+    cg.Update()
+    return Volume.on_grid(grid, itk.array_from_image(cg.GetOutput()).copy())
 
 
 # A circular orbit's sources may leave their plane and circle, and its central rays miss the

@@ -13,10 +13,19 @@ class ReconstructionConfig:
     iterations: int = 30_000
     views_per_step: int = 1
     image_scale: float = 1.0  # < 1 trains on block-averaged (downsampled) projections
+    # With image_scale < 1 and coarse_iterations > 0: a two-level pyramid, the downsampled views
+    # for the first coarse_iterations steps, the full-resolution ones after (0: downsampled throughout).
+    coarse_iterations: int = 0
     init: str = "random"  # "random" (the IXGS paper's) or "volume" (a few SART iterations)
     num_gaussians: int = 50_000
     init_sart_iterations: int = 2
-    init_grid_size: int = 64
+    init_grid_size: int = 64  # SART start: voxels across the ROI's longest side (the domain at the same pitch)
+    # The model's domain: the ROI grown by this factor per side. Every ray also crosses anatomy
+    # outside the ROI (and a specimen's tissue reaches its faces); Gaussians there, coarser,
+    # carry that attenuation where it is instead of piling it into (or cutting it from) the ROI.
+    domain_scale: float = 2.5
+    outside_share: float = 0.2  # share of the starting Gaussians outside the ROI
+    refine_scale: float = 1.5  # Gaussians are cloned / split within the ROI grown by this factor
     lr_positions: tuple[float, float] = (2e-4, 2e-5)
     lr_densities: tuple[float, float] = (1e-2, 1e-3)
     lr_scales: tuple[float, float] = (5e-3, 5e-4)
@@ -40,8 +49,16 @@ class ReconstructionConfig:
             raise ValueError("iterations, views_per_step and num_gaussians must be at least 1")
         if self.init not in ("random", "volume"):
             raise ValueError(f"init must be 'random' or 'volume', got {self.init!r}")
+        if self.coarse_iterations < 0:
+            raise ValueError(f"coarse_iterations must be 0 or more, got {self.coarse_iterations}")
         if not 0 < self.image_scale <= 1:
             raise ValueError(f"image_scale must be in (0, 1], got {self.image_scale}")
+        if not self.domain_scale >= 1:
+            raise ValueError(f"domain_scale must be at least 1 (the ROI itself), got {self.domain_scale}")
+        if not 1 <= self.refine_scale <= self.domain_scale:
+            raise ValueError(f"refine_scale must be between 1 and domain_scale, got {self.refine_scale}")
+        if not 0 <= self.outside_share < 1:
+            raise ValueError(f"outside_share must be in [0, 1), got {self.outside_share}")
         if self.holdout_every == 1 or self.holdout_every < 0:
             raise ValueError(f"holdout_every must be 0 (no held-out views) or at least 2, got {self.holdout_every}")
 
@@ -58,30 +75,50 @@ class ReconstructionConfig:
         return cls(**converted)
 
 
+_FAST = ReconstructionConfig(
+    iterations=800,
+    views_per_step=2,
+    image_scale=0.5,
+    init="volume",
+    num_gaussians=12_000,
+    tv_size=24,
+    densify_from=200,
+    densify_until=550,
+    densify_interval=100,
+    max_gaussians=30_000,
+    lr_positions=(1e-3, 1e-4),
+    lr_densities=(2e-2, 2e-3),
+    lr_scales=(1e-2, 1e-3),
+    lr_rotations=(2e-3, 2e-4),
+    checkpoint_every=250,
+)
+
 PRESETS: dict[str, ReconstructionConfig] = {
     # R^2-Gaussian's published recipe (one view a step, 30k steps), random initialization.
     "default": ReconstructionConfig(),
     # A GPU-length run from a SART start with two views a step.
     "quality": ReconstructionConfig(init="volume", views_per_step=2, iterations=30_000),
-    # Minutes on a laptop CPU: half-resolution views, a SART start, a shorter schedule.
-    "fast": ReconstructionConfig(
-        iterations=800,
-        views_per_step=2,
-        image_scale=0.5,
-        init="volume",
-        num_gaussians=12_000,
-        tv_size=24,
-        densify_from=200,
-        densify_until=550,
-        densify_interval=100,
-        max_gaussians=30_000,
-        lr_positions=(1e-3, 1e-4),
-        lr_densities=(2e-2, 2e-3),
-        lr_scales=(1e-2, 1e-3),
-        lr_rotations=(2e-3, 2e-4),
-        checkpoint_every=250,
+    # Minutes on a laptop CPU: half-resolution views, a SART start, a shorter schedule (the demo's).
+    "fast": _FAST,
+    # The default on a CPU (``auto``), tuned on DRRs of a real chest CT (benchmarks/bench_real_ct.py):
+    # more Gaussians (cheap: they get smaller) and the full-resolution views for the last 200 steps.
+    "cpu": replace(
+        _FAST, iterations=1000, coarse_iterations=800, num_gaussians=40_000, densify_until=700, max_gaussians=100_000
     ),
 }
+
+
+# What a plain ``ixgs reconstruct`` runs: the preset that fits the device (resolve_preset).
+DEFAULT_PRESET = "auto"
+DEVICE_PRESETS = {"cpu": "cpu", "cuda": "default"}
+
+
+def resolve_preset(name: str, device) -> str:
+    """``auto`` becomes the preset for the device's type (``cpu`` on a CPU, R^2-Gaussian's full
+    recipe on a CUDA GPU, ``cpu`` elsewhere); any other name is returned as is."""
+    if name != DEFAULT_PRESET:
+        return name
+    return DEVICE_PRESETS.get(getattr(device, "type", str(device)), "cpu")
 
 
 def preset(name: str, **overrides) -> ReconstructionConfig:

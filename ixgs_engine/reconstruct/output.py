@@ -20,9 +20,13 @@ from ixgs_engine.volume import Volume, VolumeGrid
 SLAB_VOXELS = 1 << 21
 
 
-def voxelize_volume(model: GaussianModel, scene: SceneNormalization, grid: VolumeGrid, backend: RenderBackend) -> Volume:
+def voxelize_volume(
+    model: GaussianModel, scene: SceneNormalization, roi: ROI, grid: VolumeGrid, backend: RenderBackend
+) -> Volume:
     """Sum of the Gaussians at the voxel centres of a world grid, in 1/mm, a slab of z at a
-    time to bound memory."""
+    time to bound memory: those centred in the ROI inside it, the others outside it (the
+    partition the training renders, see ``RenderBackend``)."""
+    support = tuple(float(h) for h in scene.half_sizes(roi))
     normalized = normalized_grid(grid, scene)
     nz, ny, nx = grid.shape
     slab = max(1, SLAB_VOXELS // (ny * nx))
@@ -31,7 +35,9 @@ def voxelize_volume(model: GaussianModel, scene: SceneNormalization, grid: Volum
         means, covariances, densities = model.positions, model.covariances(), model.densities
         for start in range(0, nz, slab):
             depth = min(slab, nz - start)
-            block = backend.voxelize(means, covariances, densities, subgrid(normalized, (start, 0, 0), (depth, ny, nx)))
+            block = backend.voxelize(
+                means, covariances, densities, subgrid(normalized, (start, 0, 0), (depth, ny, nx)), support
+            )
             values[start : start + depth] = block.cpu().numpy()
     return Volume.on_grid(grid, scene.attenuation_to_world(values).astype(np.float32))
 
@@ -56,7 +62,7 @@ def write_outputs(
     """Voxelize and write ``volume.<fmt>``, ``gaussians.npz`` and, with a threshold (1/mm),
     ``label.<fmt>`` (1 where attenuation >= threshold)."""
     output_dir = Path(output_dir)
-    volume = voxelize_volume(model, scene, roi_grid(roi, voxel_size), backend)
+    volume = voxelize_volume(model, scene, roi, roi_grid(roi, voxel_size), backend)
     volume_path = output_dir / f"volume.{volume_format}"
     write_volume(volume_path, volume)
     gaussians_path = output_dir / "gaussians.npz"

@@ -4,6 +4,7 @@ module run."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -17,12 +18,14 @@ from ixgs_engine.io import atomic_output
 from ixgs_engine.io.scan import load_projections, read_scan
 from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData, detector_voxel_size
+from ixgs_engine.reconstruct.estimate import describe_duration, estimated_seconds
 from ixgs_engine.reconstruct.output import write_outputs
 from ixgs_engine.reconstruct.trainer import CHECKPOINT_FILE, ProgressCallback, Trainer
 from ixgs_engine.render.backend import select_backend
 from ixgs_engine.volume import Volume
 
 SUMMARY_FILE = "summary.json"
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,6 +45,8 @@ class ReconstructionSummary:
     backend: str
     config: dict
     heldout_views: list[int] = field(default_factory=list)
+    preset: str = "custom"
+    estimated_seconds: float | None = None
 
     def line(self) -> str:
         """The one-line summary printed at the end of a run."""
@@ -80,11 +85,13 @@ def reconstruct_scan(
     progress: ProgressCallback | None = None,
     should_cancel: Callable[[], bool] | None = None,
     on_trainer: Callable[[Trainer], None] | None = None,
+    preset_name: str = "custom",
 ) -> tuple[ReconstructionSummary, Volume]:
     """Reconstruct a scan into ``output_dir`` (volume, Gaussians, log, checkpoint, summary).
     With ``resume`` the run continues from the folder's checkpoint with the checkpoint's
     settings. ``on_trainer`` receives the Trainer before it trains, so a progress callback can
-    read its model (e.g. to voxelize and score mid-run)."""
+    read its model (e.g. to voxelize and score mid-run). ``preset_name`` (what ``config`` came
+    from) is logged first, with the estimated run time, and kept in the summary."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
     if resume:
@@ -99,8 +106,18 @@ def reconstruct_scan(
         projections = replace(projections, values=projections.values[training], matrices=projections.matrices[training])
     torch_device = resolve_device(device)
     data = TrainingData.from_projections(projections, config.image_scale, torch_device)
+    full_shape = (int(projections.values.shape[1]), int(projections.values.shape[2]))
+    estimate = estimated_seconds(config, full_shape, torch_device.type)
+    _log.info(
+        "preset %s on %s: %d iterations, %d views of %dx%d pixels, about %s (estimated)",
+        "from the checkpoint" if resume else preset_name, torch_device, config.iterations, data.num_views,
+        full_shape[1], full_shape[0], describe_duration(estimate),
+    )
     backend = select_backend(torch_device)
-    trainer = Trainer(data, config, backend, output_dir, progress=progress, should_cancel=should_cancel)
+    fine = None
+    if config.image_scale < 1 and config.coarse_iterations > 0:
+        fine = TrainingData.from_projections(projections, 1.0, torch_device)
+    trainer = Trainer(data, config, backend, output_dir, progress=progress, should_cancel=should_cancel, fine_data=fine)
     if on_trainer is not None:
         on_trainer(trainer)
     result = trainer.run(resume=resume)
@@ -124,6 +141,8 @@ def reconstruct_scan(
         backend=backend.name,
         config=config.to_dict(),
         heldout_views=heldout,
+        preset=preset_name,
+        estimated_seconds=round(estimate, 1),
     )
     with atomic_output(output_dir / SUMMARY_FILE) as temp:
         temp.write_text(json.dumps(asdict(summary), indent=1))

@@ -1,6 +1,11 @@
 """The optimization loop: Adam over the Gaussians' parameters with exponential learning-rate
 decay, loss L1 + D-SSIM + 3-D TV, densify / prune, progress, cancel, checkpoint and resume.
 
+The Gaussians live in the model's domain (the ROI and its surroundings, see
+``initialization.ModelDomain``); every render and TV block parts them at the ROI's faces
+(``support``), densification refines only near the ROI, and pruning keeps the whole domain.
+With ``coarse_iterations`` the first steps train on downsampled views, the rest on full ones.
+
 A run is a pure function of its data, config and seed: the view order, the TV sub-volumes and
 the split samples all come from one generator whose state is checkpointed with the model and
 the optimizer, so a resumed run reproduces an uninterrupted one.
@@ -23,7 +28,7 @@ from ixgs_engine.geometry.roi import roi_grid
 from ixgs_engine.io import atomic_output
 from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData
-from ixgs_engine.reconstruct.initialization import initial_model
+from ixgs_engine.reconstruct.initialization import ModelDomain, initial_model
 from ixgs_engine.reconstruct.losses import dssim_loss, l1_loss, tv_3d_loss
 from ixgs_engine.render.backend import RenderBackend, normalized_grid, subgrid
 
@@ -85,16 +90,21 @@ class Trainer:
         output_dir: str | Path,
         progress: ProgressCallback | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        fine_data: TrainingData | None = None,
     ) -> None:
+        """``data``: the views at ``config.image_scale``; ``fine_data``: the same views at full
+        resolution, trained on from step ``config.coarse_iterations`` (a two-level pyramid)."""
         self.data = data
+        self.fine_data = fine_data
         self.config = config
         self.backend = backend
         self.output_dir = Path(output_dir)
         self.progress = progress
         self.should_cancel = should_cancel
-        self.data_range = float(data.targets.max().clamp_min(1e-6))
+        self.data_range = float(data.targets.max().clamp_min(1e-6))  # D-SSIM's range, fixed for the run
         tv_voxel = float(data.roi.size.max()) / config.tv_grid_size
         self.tv_grid = normalized_grid(roi_grid(data.roi, tv_voxel), data.scene)
+        self.domain = ModelDomain.of(data, config)
 
     # ------------------------------------------------------------------ state
     def _fresh_state(self) -> None:
@@ -178,6 +188,11 @@ class Trainer:
         start = [int(torch.randint(0, n - size + 1, (1,), generator=self.generator)) for n in self.tv_grid.shape]
         return subgrid(self.tv_grid, start, (size, size, size))
 
+    def _views_at(self, step: int) -> TrainingData:
+        """The views step ``step`` trains on: full resolution once the coarse steps are done."""
+        coarse = self.config.coarse_iterations
+        return self.fine_data if self.fine_data is not None and 0 < coarse <= step else self.data
+
     def _step(self) -> dict:
         config = self.config
         step = self.iteration
@@ -187,23 +202,27 @@ class Trainer:
         views = self._next_views()
         track = step < config.densify_until
         model = self.model
+        data = self._views_at(step)
         means, covariances, densities = model.positions, model.covariances(), model.densities
         offsets = None
         if track:
             offsets = torch.zeros((len(views), model.num_gaussians, 2), dtype=torch.float64, device=means.device, requires_grad=True)
-        rendered = self.backend.render(means, covariances, densities, self.data.matrices[views], self.data.image_shape, offsets)
-        target = self.data.targets[views]
+        rendered = self.backend.render(
+            means, covariances, densities, data.matrices[views], data.image_shape, offsets, self.domain.support
+        )
+        target = data.targets[views]
         terms = {"l1": l1_loss(rendered, target)}
         if config.lambda_dssim > 0:
             terms["dssim"] = dssim_loss(rendered, target, self.data_range)
         if config.lambda_tv > 0:
-            terms["tv"] = tv_3d_loss(self.backend.voxelize(means, covariances, densities, self._tv_block()))
+            block = self.backend.voxelize(means, covariances, densities, self._tv_block(), self.domain.support)
+            terms["tv"] = tv_3d_loss(block)
         loss = terms["l1"] + config.lambda_dssim * terms.get("dssim", 0.0) + config.lambda_tv * terms.get("tv", 0.0)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         if track:
-            model.add_densification_stats(offsets.grad, self.data.image_shape)
+            model.add_densification_stats(offsets.grad, data.image_shape)
         self.iteration += 1
         entry = {"iteration": self.iteration, "loss": loss.item()} | {k: v.item() for k, v in terms.items()}
         if config.densify_from <= self.iteration <= config.densify_until and self.iteration % config.densify_interval == 0:
@@ -213,6 +232,8 @@ class Trainer:
                 min_density=config.prune_min_density,
                 max_gaussians=config.max_gaussians,
                 generator=self.generator,
+                domain=self.domain.domain.tolist(),
+                refined=(self.domain.roi * config.refine_scale).tolist(),
             )
         entry["gaussians"] = model.num_gaussians
         return entry

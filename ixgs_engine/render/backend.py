@@ -16,6 +16,14 @@ cut where it is negligible: footprints at Mahalanobis distance 3 on the detector
   centres: pass zeros with ``requires_grad`` to read the view-space positional gradient
   that densification needs.
 - ``voxelize``: ``sum_i G_i`` at the voxel centres of a grid.
+
+``support`` (half-sizes of a box centred at the origin, normally the ROI's) parts space at the
+box's faces: a Gaussian centred in the box exists only inside it, the others only outside
+it. So a model can hold a sharp step at a face (a specimen's tissue ending there, or the ROI
+cut out of a patient) without its tails crossing it. ``render`` scales each Gaussian's
+line integral by the share of its central ray's 1-D profile on its side of the box;
+``voxelize`` sums the Gaussians centred in the box at the voxels in it and the others at
+the voxels outside it.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ class RenderBackend(Protocol):
         matrices: torch.Tensor,
         image_shape: tuple[int, int],
         screen_offsets: torch.Tensor | None = None,
+        support: Sequence[float] | None = None,
     ) -> torch.Tensor:
         """Line-integral images (V, H, W) in the dtype of ``densities``."""
         ...
@@ -58,6 +67,7 @@ class RenderBackend(Protocol):
         covariances: torch.Tensor,
         densities: torch.Tensor,
         grid: VolumeGrid,
+        support: Sequence[float] | None = None,
     ) -> torch.Tensor:
         """Summed Gaussians (nz, ny, nx) at the voxel centres of ``grid`` (normalized coordinates)."""
         ...

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.stats import chi2
@@ -41,6 +42,7 @@ GPU_CHUNK_ELEMENTS = 1 << 24
 _EXPONENT_FLOOR = -20.0  # exp() is twice as slow on -inf and underflowing arguments
 _EXACT_RADII = 32  # window radii up to this get their own bin; larger ones share geometric bins
 _RADIUS_GROWTH = 1.1
+SUPPORT_TOLERANCE = 1e-6
 
 
 def inverse_symmetric(matrices: torch.Tensor) -> torch.Tensor:
@@ -263,6 +265,134 @@ def _splat(splats: Splats, grid: SampleGrid, chunk_elements: int) -> torch.Tenso
     return _WindowSum.apply(coefficients, amplitudes[layout.order], layout)
 
 
+@dataclass(frozen=True)
+class _Cut:
+    """Where each sample's ray meets the support box, and each splat's 1-D profile along its
+    ray: ``near`` / ``far`` (numel,) distances from the source at which the sample's ray
+    enters / leaves the box (equal where it misses), ``depth`` (K,) the distance of the
+    splat's centre from the source, ``spread`` (K,) its standard deviation along the ray, and
+    ``inside`` (K,) whether it is centred in the box (it keeps the part of each ray inside the
+    box; the others keep the part outside)."""
+
+    near: torch.Tensor
+    far: torch.Tensor
+    depth: torch.Tensor
+    spread: torch.Tensor
+    inside: torch.Tensor
+
+
+def _standardized(distances: torch.Tensor, index: torch.Tensor, depth: torch.Tensor, inverse_spread: torch.Tensor) -> torch.Tensor:
+    """``(distances[index] - depth) / spread`` (K, P), in place on the gathered samples."""
+    return distances[index].sub_(depth).mul_(inverse_spread)
+
+
+def _cut_share(cut: _Cut, index: torch.Tensor, part: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Share (K, P) of each splat's line integral on its side of the box along the rays of its
+    window samples, and the standardized distances ``z_near``, ``z_far`` and the side sign (K, 1)."""
+    depth, inverse_spread = cut.depth[part, None], cut.spread[part, None].reciprocal()
+    z_near = _standardized(cut.near, index, depth, inverse_spread)
+    z_far = _standardized(cut.far, index, depth, inverse_spread)
+    share = torch.special.ndtr(z_far).sub_(torch.special.ndtr(z_near)).clamp_(min=0.0)
+    inside = cut.inside[part, None]
+    if not bool(inside.all()):
+        share = torch.where(inside, share, 1.0 - share)
+    sign = torch.where(inside, 1.0, -1.0).to(share.dtype)
+    return share, z_near, z_far, sign
+
+
+class _CutWindowSum(torch.autograd.Function):
+    """:class:`_WindowSum` with every sample weighted by its splat's share on its side of the
+    support box (:func:`_cut_share`), differentiable in the splat's depth and spread too."""
+
+    @staticmethod
+    def forward(ctx, coefficients, amplitudes, depth, spread, layout: _Layout, near, far, inside):  # type: ignore[override]
+        cut = _Cut(near, far, depth, spread, inside)
+        out = coefficients.new_zeros(layout.numel)
+        for chunk in layout.chunks:
+            part = slice(chunk.start, chunk.stop)
+            index = layout.base[part, None] + chunk.offsets
+            share = _cut_share(cut, index, part)[0]
+            values = _window_values(coefficients[part], chunk.basis, layout.cutoff_value).mul_(share).mul_(amplitudes[part, None])
+            out.index_add_(0, index.reshape(-1), values.reshape(-1))
+        ctx.save_for_backward(coefficients, amplitudes, depth, spread, near, far, inside)
+        ctx.layout = layout
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        coefficients, amplitudes, depth, spread, near, far, inside = ctx.saved_tensors
+        cut = _Cut(near, far, depth, spread, inside)
+        layout: _Layout = ctx.layout
+        grad_out = grad_out.contiguous()
+        grads = [torch.zeros_like(t) for t in (coefficients, amplitudes, depth, spread)]
+        density = 1.0 / math.sqrt(2.0 * math.pi)
+        for chunk in layout.chunks:
+            part = slice(chunk.start, chunk.stop)
+            index = layout.base[part, None] + chunk.offsets
+            share, z_near, z_far, sign = _cut_share(cut, index, part)
+            weighted = _window_values(coefficients[part], chunk.basis, layout.cutoff_value).mul_(grad_out[index])
+            moments = (weighted * share) @ chunk.basis.T
+            grads[1][part] = moments[:, 0]
+            grads[0][part] = moments * amplitudes[part, None]
+            phi_near = density * torch.exp(-0.5 * z_near.square())
+            phi_far = density * torch.exp(-0.5 * z_far.square())
+            scale = amplitudes[part] / spread[part]
+            # d share / d depth = -sign (phi(z_far) - phi(z_near)) / spread; likewise for the spread
+            grads[2][part] = -scale * (weighted * sign * (phi_far - phi_near)).sum(dim=1)
+            grads[3][part] = -scale * (weighted * sign * (z_far * phi_far - z_near * phi_near)).sum(dim=1)
+        return grads[0], grads[1], grads[2], grads[3], None, None, None, None
+
+
+def _ray_box_distances(P: torch.Tensor, image_shape: tuple[int, int], support: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distances (V * H * W,) from each view's source at which every pixel's ray enters and
+    leaves the box of half-sizes ``support`` (both 0 where it misses), flat in render order."""
+    height, width = image_shape
+    v, u = torch.meshgrid(
+        torch.arange(height, dtype=P.dtype, device=P.device), torch.arange(width, dtype=P.dtype, device=P.device), indexing="ij"
+    )
+    pixels = torch.stack([u.reshape(-1), v.reshape(-1), torch.ones(height * width, dtype=P.dtype, device=P.device)])
+    directions = torch.linalg.solve(P[:, :, :3], pixels.expand(P.shape[0], 3, -1))  # (V, 3, HW), w = 1 > 0
+    directions = directions / torch.linalg.vector_norm(directions, dim=1, keepdim=True)
+    source = -torch.linalg.solve(P[:, :, :3], P[:, :, 3])
+    near = torch.zeros(directions.shape[0], directions.shape[2], dtype=P.dtype, device=P.device)
+    far = torch.full_like(near, math.inf)
+    for axis, half in enumerate(support):
+        step = directions[:, axis]
+        safe = torch.where(step.abs() < 1e-12, torch.full_like(step, 1e-12), step)
+        first, second = (-half - source[:, axis, None]) / safe, (half - source[:, axis, None]) / safe
+        near = torch.maximum(near, torch.minimum(first, second))
+        far = torch.minimum(far, torch.maximum(first, second))
+    missed = far <= near
+    return torch.where(missed, 0.0, near).reshape(-1), torch.where(missed, 0.0, far).reshape(-1)
+
+
+def _near_a_face(means: torch.Tensor, covariances: torch.Tensor, support: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which Gaussians (N,) are centred in the box, and which have part of their 3-sigma box on
+    the other side of a face (only those need cutting)."""
+    centre = means.detach().to(torch.float64)
+    reach = 3.0 * torch.sqrt(torch.diagonal(covariances.detach().to(torch.float64), dim1=1, dim2=2).clamp_min(0.0))
+    half = centre.new_tensor(list(support))
+    inside = (centre.abs() <= half).all(dim=1)
+    crosses_out = (centre.abs() + reach > half).any(dim=1)
+    reaches_in = (centre.abs() - reach < half).all(dim=1)
+    return inside, torch.where(inside, crosses_out, reaches_in)
+
+
+def _cut_splat(splats: Splats, grid: SampleGrid, cut: _Cut, chunk_elements: int) -> torch.Tensor:
+    """:func:`_splat` with each sample weighted by its splat's share on its side of the support
+    box (``cut``; its per-splat entries in splat order)."""
+    layout = _layout(splats, grid, chunk_elements)
+    order = layout.order
+    precision = inverse_symmetric(splats.covariances[order])
+    coefficients = _quadratic_coefficients(layout.anchors - splats.centres[order], precision).to(splats.amplitudes.dtype)
+    dtype = splats.amplitudes.dtype
+    return _CutWindowSum.apply(
+        coefficients, splats.amplitudes[order], cut.depth[order].to(dtype), cut.spread[order].to(dtype), layout,
+        cut.near.to(dtype), cut.far.to(dtype), cut.inside[order],
+    )
+
+
 class TorchBackend:
     """The reference :class:`~ixgs_engine.render.backend.RenderBackend`: runs wherever PyTorch
     does, on the device of its inputs."""
@@ -290,6 +420,7 @@ class TorchBackend:
         matrices: torch.Tensor,
         image_shape: tuple[int, int],
         screen_offsets: torch.Tensor | None = None,
+        support: Sequence[float] | None = None,
     ) -> torch.Tensor:
         """Line-integral images (V, H, W): see :mod:`ixgs_engine.render.backend`.
 
@@ -335,8 +466,16 @@ class TorchBackend:
             torch.arange(views, device=means.device).repeat_interleave(means.shape[0]),
             front.reshape(-1),
         )
-        flat = self._accumulate(splats, SampleGrid((width, height), (1, width), views, CUTOFF_SIGMAS))
-        return flat.reshape(views, height, width)
+        grid = SampleGrid((width, height), (1, width), views, CUTOFF_SIGMAS)
+        if support is None:
+            return self._accumulate(splats, grid).reshape(views, height, width)
+        inside, cut = (flag.repeat(views) for flag in _near_a_face(means, covariances, support))
+        whole = self._accumulate(replace(splats, active=splats.active & ~cut), grid)
+        near, far = _ray_box_distances(P, (height, width), support)
+        depth = torch.sqrt(_dot(ray, ray)).reshape(-1)
+        spread = (line_factor / math.sqrt(2.0 * math.pi)).reshape(-1)
+        return (whole + _cut_splat(replace(splats, active=splats.active & cut), grid, _Cut(near, far, depth, spread, inside),
+                                   self._chunk_elements(means.device))).reshape(views, height, width)
 
     def voxelize(
         self,
@@ -344,8 +483,28 @@ class TorchBackend:
         covariances: torch.Tensor,
         densities: torch.Tensor,
         grid: VolumeGrid,
+        support: Sequence[float] | None = None,
     ) -> torch.Tensor:
-        """Summed Gaussians (nz, ny, nx) at the voxel centres of ``grid`` (normalized coordinates)."""
+        """Summed Gaussians (nz, ny, nx) at the voxel centres of ``grid`` (normalized coordinates);
+        with ``support``, the Gaussians centred in the box at the voxels in it, the others at
+        the voxels outside it."""
+        if support is None:
+            return self._voxelize(means, covariances, densities, grid)
+        half = means.new_tensor(list(support))
+        inside = (means.detach().abs() <= half).all(dim=1)
+        # Voxel centres on a face count as inside (a grid whose outer centres lie on the faces).
+        faces = np.asarray(support) * (1.0 + SUPPORT_TOLERANCE)
+        voxels_inside = torch.as_tensor(np.all(np.abs(grid.voxel_centres()) <= faces, axis=-1), device=means.device)
+        parts = [(inside, voxels_inside)] if bool(voxels_inside.all()) else [(inside, voxels_inside), (~inside, ~voxels_inside)]
+        out = None
+        for gaussians, voxels in parts:
+            part = self._voxelize(means[gaussians], covariances[gaussians], densities[gaussians], grid) * voxels
+            out = part if out is None else out + part
+        return out
+
+    def _voxelize(
+        self, means: torch.Tensor, covariances: torch.Tensor, densities: torch.Tensor, grid: VolumeGrid
+    ) -> torch.Tensor:
         index_to_point = torch.as_tensor(grid.index_to_world_matrix(), dtype=torch.float64, device=means.device)
         to_index = torch.linalg.inv(index_to_point[:3, :3])
         centres = (means.to(torch.float64) - index_to_point[:3, 3]) @ to_index.T

@@ -1,0 +1,51 @@
+"""How long a reconstruction will take, before it starts: a cost model whose constants were
+measured with ``benchmarks/bench_real_ct.py`` (the 25-view chest case, 2 CPU cores).
+
+A training step renders ``views_per_step`` views (forward and backward) and one TV block.
+Measured on the CPU, a rendered view costs about ``SECONDS_PER_VIEW`` at 96 x 96 pixels and
+30k Gaussians, growing with the pixels as ``pixels^0.88`` and only weakly with the number of
+Gaussians (more Gaussians are smaller, so their footprints shrink): ``N^0.2``. The estimate is
+an order of magnitude for the first log line and ``summary.json``, not a promise: other CPUs
+differ by 2-3x, and the CUDA constants are R^2-Gaussian's published timings, not measured here.
+"""
+
+from __future__ import annotations
+
+from ixgs_engine.reconstruct.config import ReconstructionConfig
+
+SECONDS_PER_VIEW = {"cpu": 0.13, "cuda": 0.01}
+SECONDS_PER_STEP = {"cpu": 0.05, "cuda": 0.005}  # TV block, loss, optimizer
+INITIALIZATION_SECONDS = {"cpu": 20.0, "cuda": 3.0}
+REFERENCE_PIXELS = 96 * 96
+REFERENCE_GAUSSIANS = 30_000
+
+
+def _step_seconds(config: ReconstructionConfig, pixels: float, kind: str) -> float:
+    gaussians = 0.5 * (config.num_gaussians + max(config.num_gaussians, config.max_gaussians))
+    per_view = SECONDS_PER_VIEW[kind] * (pixels / REFERENCE_PIXELS) ** 0.88 * (gaussians / REFERENCE_GAUSSIANS) ** 0.2
+    return SECONDS_PER_STEP[kind] + config.views_per_step * per_view
+
+
+def estimated_seconds(config: ReconstructionConfig, image_shape: tuple[int, int], device_type: str) -> float:
+    """Rough wall time (s) of a whole run of ``config`` on views of ``image_shape`` (full
+    resolution) on a device of ``device_type`` (``cpu``, ``cuda``; others as ``cpu``)."""
+    kind = device_type if device_type in SECONDS_PER_VIEW else "cpu"
+    full = float(image_shape[0] * image_shape[1])
+    scaled = full * config.image_scale**2
+    pyramid = config.image_scale < 1 and config.coarse_iterations > 0
+    coarse_steps = min(config.coarse_iterations, config.iterations) if pyramid else config.iterations
+    fine_steps = config.iterations - coarse_steps
+    return (
+        INITIALIZATION_SECONDS[kind]
+        + coarse_steps * _step_seconds(config, scaled, kind)
+        + fine_steps * _step_seconds(config, full, kind)
+    )
+
+
+def describe_duration(seconds: float) -> str:
+    """``45 s``, ``8 min`` or ``2.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
