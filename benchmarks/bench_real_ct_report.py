@@ -14,6 +14,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 BASELINES = ("sart", "tv", "fdk")
+# What the variants measured on the way to the default were (their times were taken while other
+# work shared the machine, so compare their scores, not their seconds).
+VARIANT_NOTES = {
+    "ixgs-fast-d1": "`fast` preset before this work's model domain (Gaussians confined to the ROI), ROI = 128 mm box",
+    "ixgs-fast-d25": "`fast` + the 2.5x domain, no cut at the ROI faces, ROI = 128 mm box",
+    "ixgs-fast-d25s": "`fast` + domain + a cut along each Gaussian's central ray only, ROI = 128 mm box",
+    "ixgs-fast-c": "as ixgs-fast-d25s with ROI = the 127 mm box between the outermost voxel centres",
+    "ixgs-fast-cut": "`fast` + domain + the per-pixel cut at the ROI faces (what ships), 127 mm ROI",
+}
 CASE_TITLES = {
     "10": "10 arbitrary views",
     "25": "25 arbitrary views",
@@ -66,6 +75,9 @@ def write_report(workdir: Path, output: Path, cases: tuple[str, ...]) -> None:
         sart = per_case.get("sart")
         ordered = [m for m in BASELINES if m in per_case] + sorted(m for m in per_case if m not in BASELINES)
         lines += [_row(case, name, per_case[name], sart) for name in ordered]
+    variants = sorted({name for per_case in results.values() for name in per_case} & set(VARIANT_NOTES))
+    if variants:
+        lines.append("\nVariants:\n" + "".join(f"- `{name}`: {VARIANT_NOTES[name]}\n" for name in variants))
     (output / "real_ct.md").write_text("".join(lines))
     (output / f"real_ct-{stamp}.json").write_text(json.dumps(results, indent=1) + "\n")
     _plot(results, cases, output / f"real_ct-{stamp}.png")
@@ -74,6 +86,8 @@ def write_report(workdir: Path, output: Path, cases: tuple[str, ...]) -> None:
 
 def _plot(results: dict[str, dict[str, dict]], cases: tuple[str, ...], path: Path) -> None:
     shown = [case for case in cases if case in results]
+    names = sorted({name for per_case in results.values() for name in per_case})
+    colours = {name: plt.get_cmap("tab10")(index % 10) for index, name in enumerate(names)}
     figure, axes = plt.subplots(2, len(shown), figsize=(4.2 * len(shown), 7), squeeze=False)
     for column, case in enumerate(shown):
         for row, (key, label) in enumerate((("psnr_db", "PSNR (dB)"), ("ssim", "SSIM"))):
@@ -81,16 +95,17 @@ def _plot(results: dict[str, dict[str, dict]], cases: tuple[str, ...], path: Pat
             for name, result in sorted(results[case].items()):
                 if "curve" in result:
                     curve = result["curve"]
-                    axis.plot([p["seconds"] for p in curve], [p[key] for p in curve], marker=".", label=name)
+                    axis.plot([p["seconds"] for p in curve], [p[key] for p in curve], marker=".", label=name,
+                              color=colours[name], linewidth=2.0 if name == "ixgs" else 0.8)
                 else:
-                    axis.scatter([result["seconds"]], [result[key]], marker="x", s=60, label=name, zorder=3)
-                    axis.axhline(result[key], linestyle=":", linewidth=0.8, color="grey")
+                    axis.scatter([result["seconds"]], [result[key]], marker="x", s=60, label=name, zorder=3, color=colours[name])
+                    axis.axhline(result[key], linestyle=":", linewidth=0.8, color=colours[name])
             axis.set_title(CASE_TITLES.get(case, case), fontsize=9)
             axis.set_xlabel("wall time (s)")
             axis.set_ylabel(label)
             axis.grid(alpha=0.3)
-            if row == 0 and column == 0:
-                axis.legend(fontsize=7)
+            if row == 0:
+                axis.legend(fontsize=6)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
