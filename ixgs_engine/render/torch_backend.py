@@ -254,15 +254,18 @@ class _WindowSum(torch.autograd.Function):
         return grad_coefficients, grad_amplitudes, None
 
 
+def _window_coefficients(splats: Splats, layout: _Layout) -> torch.Tensor:
+    """Exponent coefficients (K, nb) of the kept splats over their windows, in layout order."""
+    precision = inverse_symmetric(splats.covariances[layout.order])
+    delta = layout.anchors - splats.centres[layout.order]
+    return _quadratic_coefficients(delta, precision).to(splats.amplitudes.dtype)
+
+
 def _splat(splats: Splats, grid: SampleGrid, chunk_elements: int) -> torch.Tensor:
     """Flat sum over the (active) splats of ``amplitude * exp(-1/2 (x - c)^T cov^-1 (x - c))`` at
     the samples of ``grid``, each cut at ``grid.cutoff_sigmas``."""
     layout = _layout(splats, grid, chunk_elements)
-    precision = inverse_symmetric(splats.covariances[layout.order])
-    delta = layout.anchors - splats.centres[layout.order]
-    amplitudes = splats.amplitudes
-    coefficients = _quadratic_coefficients(delta, precision).to(amplitudes.dtype)
-    return _WindowSum.apply(coefficients, amplitudes[layout.order], layout)
+    return _WindowSum.apply(_window_coefficients(splats, layout), splats.amplitudes[layout.order], layout)
 
 
 @dataclass(frozen=True)
@@ -383,12 +386,9 @@ def _cut_splat(splats: Splats, grid: SampleGrid, cut: _Cut, chunk_elements: int)
     """:func:`_splat` with each sample weighted by its splat's share on its side of the support
     box (``cut``; its per-splat entries in splat order)."""
     layout = _layout(splats, grid, chunk_elements)
-    order = layout.order
-    precision = inverse_symmetric(splats.covariances[order])
-    coefficients = _quadratic_coefficients(layout.anchors - splats.centres[order], precision).to(splats.amplitudes.dtype)
-    dtype = splats.amplitudes.dtype
+    order, dtype = layout.order, splats.amplitudes.dtype
     return _CutWindowSum.apply(
-        coefficients, splats.amplitudes[order], cut.depth[order].to(dtype), cut.spread[order].to(dtype), layout,
+        _window_coefficients(splats, layout), splats.amplitudes[order], cut.depth[order].to(dtype), cut.spread[order].to(dtype), layout,
         cut.near.to(dtype), cut.far.to(dtype), cut.inside[order],
     )
 
