@@ -280,9 +280,13 @@ class IXGSReconstructionLogic(EngineModuleLogic):
             torchLogic = PyTorchUtils.PyTorchUtilsLogic()
         except ImportError:
             torchLogic = None
-        if not dependencies.install_torch(slicer.util.pip_install, torchLogic):
+        requirements = dependencies.engine_requirements(ENGINE_PARENT or dependencies.engine_parent_folder(MODULE_FOLDER))
+        conflicts = dependencies.slicer_conflicts(requirements)
+        if conflicts:
+            raise RuntimeError("; ".join(conflicts))
+        if not dependencies.install_torch(slicer.util.pip_install, torchLogic, dependencies.torch_requirement(requirements)):
             raise RuntimeError(_("PyTorch is needed to reconstruct; install it (PyTorch extension) and try again."))
-        installed = dependencies.install_missing(slicer.util.pip_install, dependencies.missing_requirements())
+        installed = dependencies.install_missing(slicer.util.pip_install, dependencies.missing_requirements(requirements))
         if installed:
             logging.info("IXGS installed: %s", ", ".join(installed))
         return self.deviceSummary()

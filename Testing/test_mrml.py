@@ -2,9 +2,6 @@
 classes from the ``slicer-core`` package: volume geometry against Slicer's own NRRD reader,
 markups to detector pixels, ROI nodes, realignment transforms and hardening, display settings."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -14,7 +11,6 @@ slicer = pytest.importorskip("slicer", reason="needs the slicer-core package (pi
 if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the importable 'slicer' module has no MRML classes", allow_module_level=True)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "IXGSReconstruction"))
 from IXGSReconstructionLib import mrml_bridge  # noqa: E402
 
 from ixgs_engine.geometry.anatomical import lps_to_ras_points, lps_to_ras_transform  # noqa: E402

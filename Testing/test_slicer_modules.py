@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from packaging.requirements import Requirement
 from PIL import Image
 
 from ixgs_engine.cli import build_parser
@@ -24,11 +25,10 @@ from ixgs_engine.io.scan import load_projections, read_scan, write_scan
 from ixgs_engine.io.xray_images import write_xray_image
 from ixgs_engine.poses.detection import read_points
 
+from IXGSReconstructionLib import dependencies, engine_process, points_file, scan_files  # on the path: conftest.py
+
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ("IXGSReconstruction", "IXGSStandardize")
-sys.path.insert(0, str(ROOT / "IXGSReconstruction"))
-
-from IXGSReconstructionLib import dependencies, engine_process, points_file, scan_files  # noqa: E402
 
 
 def module_python_files(module: str) -> list[Path]:
@@ -170,6 +170,46 @@ def test_engine_process_reads_progress_and_summary_of_a_real_run(tmp_path):
     assert (tmp_path / "run" / "volume.nrrd").is_file()
 
 
+def test_cancel_through_the_modules_command_then_resume_gives_the_uninterrupted_volume(tmp_path):
+    """What the module's Cancel does (engine_process.request_cancel on the command's cancel
+    file, the channel that also works on Windows) to an engine process mid-run; Resume's command
+    line then finishes the run to the same volume, bit for bit, as a run never cancelled."""
+    from ixgs_engine.io.volumes import read_volume
+    from ixgs_engine.simulate import simulate_phantom_scan
+
+    environment = engine_process.engine_environment(engine_parent=ROOT)
+    environment["OMP_NUM_THREADS"] = "1"
+    simulate_phantom_scan(tmp_path / "scan", "spine", 24, 8.0, 5, 40, 8.0)
+    extra = ["--gaussians", "300", "--seed", "3"]
+
+    def arguments(run: str, resume: bool = False) -> list[str]:
+        return [*engine_process.reconstruct_arguments(tmp_path / "scan", tmp_path / run, "fast", "cpu", 100, 8.0,
+                                                      resume=resume), *extra]
+
+    whole = subprocess.run(engine_process.engine_command(arguments("whole")), env=environment,
+                           capture_output=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr.decode()[-2000:]
+    cancel = engine_process.cancel_file_in(arguments("cut"))
+    assert cancel == tmp_path / "cut" / engine_process.CANCEL_FILE_NAME
+    process = subprocess.Popen(engine_process.engine_command(arguments("cut")), env=environment,
+                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    reader = engine_process.OutputReader()
+    for line in process.stderr:  # cancel once training has made some progress
+        events, _ = reader.feed(line)
+        if any(e.stage == "reconstructing" and e.done >= 5 for e in events):
+            engine_process.request_cancel(cancel)
+            break
+    _, rest = process.communicate(timeout=300)
+    assert process.returncode == 130, rest.decode()[-2000:]
+    assert "resume with --resume" in rest.decode()
+    cancel.unlink()  # as the module's job does before it starts the next run
+    resumed = subprocess.run(engine_process.engine_command(arguments("cut", resume=True)), env=environment,
+                             capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    assert np.array_equal(read_volume(tmp_path / "cut" / "volume.nrrd").array,
+                          read_volume(tmp_path / "whole" / "volume.nrrd").array)
+
+
 def test_progress_lines_are_told_from_other_output():
     event = engine_process.parse_progress_line('{"progress": "training", "done": 3, "total": 12, "l1": 0.5}\n')
     assert (event.stage, event.done, event.total) == ("training", 3, 12)
@@ -190,18 +230,88 @@ def test_engine_environment_and_commands(tmp_path):
 
 
 def test_dependencies_never_touch_slicers_packages_and_find_the_engine(tmp_path):
-    requirements = dict(dependencies.ENGINE_REQUIREMENTS, numpy="numpy>=2", SimpleITK="SimpleITK")
-    missing = dependencies.missing_requirements(requirements, importable=lambda name: name == "scipy")
-    assert "numpy>=2" not in missing and "SimpleITK" not in missing and "scipy>=1.10" not in missing
-    assert "tifffile>=2023.1" in missing
+    requirements = dependencies.engine_requirements(ROOT)
+    installed = {"numpy": "2.0.2", "scipy": "1.13.1", "SimpleITK": "2.4.0", "pydicom": "2.4.4", "pillow": "11.2.1",
+                 "tifffile": "2022.1.1", "tqdm": "4.66.0"}
+    missing = dependencies.missing_requirements(requirements, version_of=installed.get)
+    names = {Requirement(spec).name for spec in missing}
+    assert not names & {"numpy", "scipy", "SimpleITK", "pydicom", "pillow", "torch"}
+    assert "tifffile>=2023.1" in missing  # installed, but older than the engine needs
+    assert "tqdm>=4.60" not in missing
+    assert dependencies.slicer_conflicts(requirements, version_of=installed.get) == []
+    old_slicer = dict(installed, pydicom="2.3.1")
+    assert dependencies.slicer_conflicts(requirements, version_of=old_slicer.get) == [
+        "this Slicer has pydicom 2.3.1, IXGS needs pydicom>=2.4; use 3D Slicer 5.10 or later"
+    ]
     calls = []
-    assert dependencies.install_missing(calls.append, ["tqdm>=4.60"]) == ["tqdm>=4.60"]
-    assert calls == ["--no-deps tqdm>=4.60"]
+    assert dependencies.install_missing(calls.append, ["tqdm>=4.60"], version_of=installed.get) == ["tqdm>=4.60"]
+    ((flag, constraints, requirement),) = [call for call in calls]
+    assert (flag, requirement) == ("--constraint", "tqdm>=4.60")
+    assert dependencies.install_missing(calls.append, []) == [] and len(calls) == 1
     assert dependencies.engine_parent_folder(ROOT / "IXGSReconstruction") == ROOT
     assert dependencies.engine_parent_folder(tmp_path) is None
     assert dependencies.device_summary(True, "H100")[0] == "cuda"
     device, message = dependencies.device_summary(False)
     assert device == "cpu" and "CPU" in message
+
+
+def test_install_missing_pins_slicers_own_packages_in_a_constraints_file():
+    seen = {}
+
+    def pip_install(args):
+        seen["args"] = args
+        seen["pins"] = Path(args[1]).read_text().split()
+
+    dependencies.install_missing(pip_install, ["opencv-python-headless>=4.8"], {"numpy": "2.0.2", "vtk": "9.4.2"}.get)
+    assert seen["pins"] == ["numpy==2.0.2", "vtk==9.4.2"]
+    assert seen["args"][-1] == "opencv-python-headless>=4.8"
+    assert not Path(seen["args"][1]).exists()  # a temporary file, removed after the call
+
+
+def test_missing_requirements_reports_a_missing_cv2():
+    """Pose detection imports cv2: a Slicer without opencv must be told to install it."""
+    requirements = dependencies.engine_requirements(ROOT)
+
+    def without_opencv(name):
+        return None if name == "opencv-python-headless" else dependencies.installed_version(name)
+
+    assert any(spec.startswith("opencv-python-headless") for spec in dependencies.missing_requirements(requirements, without_opencv))
+    assert not any(spec.startswith("opencv") for spec in dependencies.missing_requirements(requirements))
+    torch = dependencies.torch_requirement(requirements)
+    assert torch is not None and torch.startswith(">=")
+
+
+def test_the_module_installs_what_pyproject_declares_and_that_covers_every_engine_import():
+    """One source of truth: the modules' list is pyproject.toml's, and every third-party package
+    the engine imports (at any depth) is declared there (run-time) or in an extra (optional)."""
+    import importlib.metadata
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert [str(r) for r in dependencies.engine_requirements(ROOT)] == [
+        str(Requirement(spec)) for spec in project["dependencies"]
+    ]
+    declared = {dependencies.normalized(Requirement(spec).name) for spec in project["dependencies"]}
+    optional = set()  # extras' packages, with those their own extras name (dask[distributed])
+    for spec in (spec for specs in project["optional-dependencies"].values() for spec in specs):
+        optional |= {dependencies.normalized(n) for n in (Requirement(spec).name, *Requirement(spec).extras)}
+    distributions = importlib.metadata.packages_distributions()
+    imported = set()
+    for path in (ROOT / "ixgs_engine").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = sorted(imported - set(sys.stdlib_module_names) - {"ixgs_engine", "__future__"})
+    assert "cv2" in third_party and "torch" in third_party
+    undeclared = {}
+    for name in third_party:
+        # not installed here: an optional extra of the same name (ray)
+        owners = {dependencies.normalized(d) for d in distributions.get(name, [name])}
+        if not owners & (declared | optional):
+            undeclared[name] = sorted(owners)
+    assert undeclared == {}
 
 
 def write_views(folder: Path, count: int) -> tuple[list[Path], list[np.ndarray]]:

@@ -2,7 +2,30 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
+
+_OS_ERROR_FIXES = {
+    errno.ENOSPC: "free some space or write elsewhere; nothing partial was left",
+    errno.EACCES: "choose a folder you can write to",
+    errno.EROFS: "choose a writable folder",
+    errno.ENOTDIR: "a path component is a file, not a folder; choose another path",
+    errno.EISDIR: "give a file name, not a folder",
+    errno.EEXIST: "a file stands where a folder of that path must go; choose another path",
+}
+
+
+def os_error_fix(error: OSError) -> str:
+    """What to do about a failed file operation, by its errno."""
+    return _OS_ERROR_FIXES.get(error.errno or 0, "check the path")
+
+
+def write_error_fix(error: BaseException) -> str:
+    """What to do about a file that could not be written: free space after a full disk,
+    otherwise check the folder."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return _OS_ERROR_FIXES[errno.ENOSPC]
+    return "check that the folder is writable and the disk has space"
 
 
 class IXGSError(Exception):

@@ -7,6 +7,9 @@ process) each update is instead one JSON object per line on stderr::
     {"progress": "reconstructing", "done": 120, "total": 1000, "loss": 0.0123, "gaussians": 30000}
 
 so a front end can show a progress bar and the live loss without parsing terminal output.
+A stage that prepares the job (e.g. the SART start of a reconstruction) reports the same way
+under the key ``stage`` instead of ``progress``, so a front end can show it as a status while
+the job's own progress stays one rising sequence.
 """
 
 from __future__ import annotations
@@ -22,14 +25,14 @@ PROGRESS_FORMAT_VARIABLE = "IXGS_PROGRESS"
 ProgressCallback = Callable[..., None]
 
 
-def _json_lines(description: str) -> ProgressCallback:
+def _json_lines(description: str, key: str) -> ProgressCallback:
     def update(done: int, total: int, info: dict | None = None) -> None:
-        record: dict = {"progress": description, "done": int(done), "total": int(total)}
-        for key, value in (info or {}).items():
+        record: dict = {key: description, "done": int(done), "total": int(total)}
+        for name, value in (info or {}).items():
             # NaN and infinities are not JSON (json.dumps would write NaN/Infinity): left out
             finite = not isinstance(value, float) or math.isfinite(value)
             if isinstance(value, (int, float, str, bool)) and finite:
-                record[key] = value
+                record[name] = value
         print(json.dumps(record), file=sys.stderr, flush=True)
 
     return update
@@ -57,9 +60,10 @@ def _terminal_bar(description: str, unit: str) -> ProgressCallback:
     return update
 
 
-def progress_bar(description: str, unit: str = "view") -> ProgressCallback:
+def progress_bar(description: str, unit: str = "view", stage: bool = False) -> ProgressCallback:
     """A ``(done, total[, info])`` callback: a terminal bar on stderr, or JSON lines when
-    ``IXGS_PROGRESS=jsonl``. ``info`` (e.g. a training log entry) adds the loss and similar values."""
+    ``IXGS_PROGRESS=jsonl``. ``info`` (e.g. a training log entry) adds the loss and similar values.
+    ``stage``: a preparatory stage (JSON key ``stage``, see above)."""
     if os.environ.get(PROGRESS_FORMAT_VARIABLE, "").lower() == "jsonl":
-        return _json_lines(description)
+        return _json_lines(description, "stage" if stage else "progress")
     return _terminal_bar(description, unit)

@@ -6,7 +6,6 @@ volume beside it, so every later stage can be checked against the truth.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from ixgs_engine.io.scan import write_scan
 from ixgs_engine.io.volumes import write_volume
 from ixgs_engine.projector.joseph import JosephProjector
 from ixgs_engine.volume import Volume
+from ixgs_engine.progress import ProgressCallback
 
 GROUND_TRUTH_FILE = "ground_truth.nrrd"
 
@@ -85,7 +85,7 @@ def render_line_integrals(
     matrices: np.ndarray,
     image_shape: tuple[int, int],
     device: str = "cpu",
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> np.ndarray:
     """DRRs (N, H, W) of an attenuation volume (1/mm), one view at a time."""
     volume = torch.as_tensor(np.asarray(attenuation.array, dtype=np.float32), device=device)
@@ -167,7 +167,7 @@ def simulate_scan(
     poses: list[Pose],
     setup: CarmSetup,
     device: str = "cpu",
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
     photons: float | None = None,
     seed: int = 0,
     circular: bool = False,
@@ -190,7 +190,7 @@ def simulate_phantom_scan(
     detector_pixels: int,
     pixel_size_mm: float,
     device: str = "cpu",
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
     seed: int = 0,
 ) -> Volume:
     """An embedded phantom at ``views`` arbitrary C-arm poses (default ranges and distances);

@@ -1,46 +1,112 @@
 """Making the engine importable inside 3D Slicer without disturbing Slicer's own packages.
 
-Slicer bundles numpy, SimpleITK, pydicom and VTK; replacing them breaks Slicer, so they are
-never installed or upgraded here. The engine's other requirements are installed on first use,
-one by one and with ``--no-deps`` (so pip cannot pull a different numpy behind our back), and
-PyTorch comes from the PyTorch extension (``PyTorchUtils``) when it is present, because it
-picks the wheel that matches the computer's GPU driver.
+What the engine needs is read from one place, its package metadata: ``pyproject.toml`` next to
+the engine (the source checkout, or the copy the extension packages with it), else the installed
+``ixgs-engine`` distribution. Slicer bundles numpy, scipy, SimpleITK, pydicom, pillow and VTK;
+replacing them breaks Slicer, so they are never installed or upgraded here: the others are
+installed with a pip constraints file that pins Slicer's versions (pip then resolves around
+them or fails instead of replacing one), and a bundled version the engine cannot use is
+reported. PyTorch comes from the PyTorch extension (``PyTorchUtils``) when it is present, with
+the engine's minimum version, because it picks the wheel that matches the GPU driver.
 No Qt here: the installer callbacks are passed in (``slicer.util.pip_install`` in Slicer).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+import re
 import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-BUNDLED_WITH_SLICER = ("numpy", "SimpleITK", "pydicom", "vtk")
-"""Import names that Slicer ships; never installed or upgraded from here."""
+from packaging.requirements import Requirement
 
-ENGINE_REQUIREMENTS = {
-    "scipy": "scipy>=1.10",
-    "tifffile": "tifffile>=2023.1",
-    "PIL": "pillow>=9",
-    "tqdm": "tqdm>=4.60",
-    "pylibjpeg": "pylibjpeg>=2.0",
-    "openjpeg": "pylibjpeg-openjpeg>=2.0",
-    "libjpeg": "pylibjpeg-libjpeg>=2.0",
-    "pytorch_msssim": "pytorch-msssim>=1.0",
-}
-"""Import name -> pip requirement of the engine's dependencies other than torch and Slicer's own."""
+DISTRIBUTION = "ixgs-engine"
+SLICER_OWNED = frozenset({"numpy", "scipy", "simpleitk", "pydicom", "pillow", "vtk"})
+"""Distributions Slicer ships (normalized names); never installed or upgraded from here."""
+TORCH = "torch"
+
+VersionOf = Callable[[str], "str | None"]
+
+
+def normalized(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503): ``SimpleITK`` -> ``simpleitk``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of a distribution, or None when it is not installed."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _pyproject_dependencies(pyproject: Path) -> list[str]:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: pip's copy of the same parser
+        from pip._vendor import tomli as tomllib
+    with open(pyproject, "rb") as file:
+        return list(tomllib.load(file)["project"]["dependencies"])
+
+
+def engine_requirements(engine_parent: str | Path | None = None) -> list[Requirement]:
+    """The engine's run-time requirements (no extras, markers evaluated for this Python): from
+    ``pyproject.toml`` in ``engine_parent`` when it is there, else from the installed metadata."""
+    pyproject = Path(engine_parent) / "pyproject.toml" if engine_parent is not None else None
+    if pyproject is not None and pyproject.is_file():
+        specs = _pyproject_dependencies(pyproject)
+    else:
+        try:
+            specs = importlib.metadata.requires(DISTRIBUTION) or []
+        except importlib.metadata.PackageNotFoundError as error:
+            raise RuntimeError(
+                f"the IXGS engine's requirements were found neither in {pyproject} nor as an installed "
+                f"'{DISTRIBUTION}'; reinstall the IXGS extension"
+            ) from error
+    requirements = [Requirement(spec) for spec in specs]
+    return [r for r in requirements if r.marker is None or r.marker.evaluate({"extra": ""})]
+
+
+def _satisfied(requirement: Requirement, version: str | None) -> bool:
+    return version is not None and requirement.specifier.contains(version, prereleases=True)
+
+
+def missing_requirements(requirements: Iterable[Requirement], version_of: VersionOf = installed_version) -> list[str]:
+    """The requirements to install: not installed, or installed at a version the engine cannot
+    use; never Slicer's own packages (see ``slicer_conflicts``) nor torch (``install_torch``)."""
+    return [
+        str(r)
+        for r in requirements
+        if normalized(r.name) not in SLICER_OWNED | {TORCH} and not _satisfied(r, version_of(r.name))
+    ]
+
+
+def slicer_conflicts(requirements: Iterable[Requirement], version_of: VersionOf = installed_version) -> list[str]:
+    """One sentence per package that Slicer bundles at a version the engine cannot use."""
+    conflicts = []
+    for r in requirements:
+        version = version_of(r.name)
+        if normalized(r.name) in SLICER_OWNED and not _satisfied(r, version):
+            found = f"{r.name} {version}" if version else f"no {r.name}"
+            conflicts.append(f"this Slicer has {found}, IXGS needs {r}; use 3D Slicer 5.10 or later")
+    return conflicts
+
+
+def torch_requirement(requirements: Iterable[Requirement]) -> str | None:
+    """The engine's torch version range (``>=2.1``), for PyTorchUtils; None when unconstrained."""
+    for r in requirements:
+        if normalized(r.name) == TORCH:
+            return str(r.specifier) or None
+    return None
 
 
 def is_importable(name: str) -> bool:
     """Whether a top-level module can be imported (without importing it)."""
     return importlib.util.find_spec(name) is not None
-
-
-def missing_requirements(
-    requirements: dict[str, str] = ENGINE_REQUIREMENTS, importable: Callable[[str], bool] = is_importable
-) -> list[str]:
-    """pip requirements whose modules cannot be imported, leaving out Slicer's bundled packages."""
-    return [spec for name, spec in requirements.items() if name not in BUNDLED_WITH_SLICER and not importable(name)]
 
 
 def engine_parent_folder(module_folder: str | Path) -> Path | None:
@@ -70,26 +136,36 @@ def make_engine_importable(module_folder: str | Path) -> Path | None:
     return parent
 
 
-def install_torch(pip_install: Callable[[str], None], pytorch_utils_logic: object | None) -> bool:
+def install_torch(
+    pip_install: Callable[[object], None], pytorch_utils_logic: object | None, requirement: str | None = None
+) -> bool:
     """Install PyTorch: through the PyTorch extension when it is present (it asks the user and
-    matches the GPU driver), else with pip. Returns whether torch is importable afterwards."""
-    if is_importable("torch"):
+    matches the GPU driver; ``requirement`` such as ``>=2.1`` is passed on), else with pip.
+    Returns whether torch is importable afterwards."""
+    if is_importable(TORCH):
         return True
     if pytorch_utils_logic is not None:
-        if pytorch_utils_logic.installTorch(askConfirmation=True) is None:
+        if pytorch_utils_logic.installTorch(askConfirmation=True, torchVersionRequirement=requirement) is None:
             return False
     else:
-        pip_install("torch")
-    return is_importable("torch")
+        pip_install(f"{TORCH}{requirement or ''}")
+    return is_importable(TORCH)
 
 
-def install_missing(pip_install: Callable[[str], None], requirements: Iterable[str]) -> list[str]:
-    """Install each requirement with ``--no-deps``; returns what was installed."""
-    installed = []
-    for requirement in requirements:
-        pip_install(f"--no-deps {requirement}")
-        installed.append(requirement)
-    return installed
+def install_missing(
+    pip_install: Callable[[object], None], requirements: Iterable[str], version_of: VersionOf = installed_version
+) -> list[str]:
+    """Install ``requirements`` in one pip call constrained to Slicer's installed versions of its
+    own packages (a constraints file), so pip never replaces one; returns what was asked for."""
+    wanted = list(requirements)
+    if not wanted:
+        return []
+    pins = [f"{name}=={version}" for name in sorted(SLICER_OWNED) if (version := version_of(name))]
+    with tempfile.TemporaryDirectory() as folder:
+        constraints = Path(folder) / "slicer-packages.txt"
+        constraints.write_text("\n".join(pins) + "\n", encoding="utf-8")
+        pip_install(["--constraint", str(constraints), *wanted])
+    return wanted
 
 
 def device_summary(cuda_available: bool, gpu_name: str | None = None) -> tuple[str, str]:

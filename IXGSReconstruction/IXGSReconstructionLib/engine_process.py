@@ -44,12 +44,35 @@ def engine_environment(base: dict[str, str] | None = None, engine_parent: str | 
     return environment
 
 
+CANCEL_FLAG = "--cancel-file"
+CANCEL_FILE_NAME = "cancel-requested"
+"""In a run folder: the file whose appearance asks the engine to stop at its next step (with a
+checkpoint, so Resume continues). It works where signals do not reach a console process
+(Windows); on the other systems Cancel also sends SIGTERM, which the engine treats the same."""
+
+
+def cancel_file_in(arguments: Sequence[str]) -> Path | None:
+    """The cancel file an engine command line polls (``--cancel-file F``), or None."""
+    arguments = [str(a) for a in arguments]
+    if CANCEL_FLAG in arguments[:-1]:
+        return Path(arguments[arguments.index(CANCEL_FLAG) + 1])
+    return None
+
+
+def request_cancel(cancel_file: Path) -> None:
+    """Ask the engine polling ``cancel_file`` to stop at its next step."""
+    cancel_file.parent.mkdir(parents=True, exist_ok=True)
+    cancel_file.touch()
+
+
 def reconstruct_arguments(
     scan: str | Path, output: str | Path, preset: str, device: str, iterations: int | None = None,
     voxel_size: float | None = None, resume: bool = False,
 ) -> list[str]:
-    """``ixgs reconstruct`` arguments (the command-line contract between the GUI and the engine)."""
-    arguments = ["reconstruct", str(scan), "-o", str(output), "--preset", preset, "--device", device]
+    """``ixgs reconstruct`` arguments (the command-line contract between the GUI and the engine),
+    with the run folder's cancel file."""
+    arguments = ["reconstruct", str(scan), "-o", str(output), "--preset", preset, "--device", device,
+                 CANCEL_FLAG, str(Path(output) / CANCEL_FILE_NAME)]
     if iterations:
         arguments += ["--iterations", str(int(iterations))]
     if voxel_size:
@@ -110,8 +133,7 @@ class ProgressEvent:
         return min(max(self.done / self.total, 0.0), 1.0) if self.total > 0 else 0.0
 
 
-def parse_progress_line(line: str) -> ProgressEvent | None:
-    """The progress event a stderr line holds, or None for any other line (warnings, errors)."""
+def _progress_record(line: str, key: str) -> ProgressEvent | None:
     text = line.strip()
     if not text.startswith("{"):
         return None
@@ -119,21 +141,32 @@ def parse_progress_line(line: str) -> ProgressEvent | None:
         record = json.loads(text)
     except json.JSONDecodeError:
         return None
-    if not isinstance(record, dict) or not {"progress", "done", "total"} <= record.keys():
+    if not isinstance(record, dict) or not {key, "done", "total"} <= record.keys():
         return None
-    values = {key: value for key, value in record.items() if key not in ("progress", "done", "total")}
-    return ProgressEvent(str(record["progress"]), int(record["done"]), int(record["total"]), values)
+    values = {name: value for name, value in record.items() if name not in (key, "done", "total")}
+    return ProgressEvent(str(record[key]), int(record["done"]), int(record["total"]), values)
+
+
+def parse_progress_line(line: str) -> ProgressEvent | None:
+    """The progress event a stderr line holds, or None for any other line (warnings, errors)."""
+    return _progress_record(line, "progress")
+
+
+def parse_stage_line(line: str) -> ProgressEvent | None:
+    """The update of a preparatory stage (e.g. the SART start) a stderr line holds, or None."""
+    return _progress_record(line, "stage")
 
 
 class OutputReader:
     """Splits a process's output, arriving in arbitrary chunks, into complete lines, and sorts
-    them into progress events and plain log lines (the last log line is the one-line summary
-    or the error message)."""
+    them into progress events, the status of a preparatory stage (``stage``, the latest update)
+    and plain log lines (the last log line is the one-line summary or the error message)."""
 
     def __init__(self) -> None:
         self._pending = ""
         self.log_lines: list[str] = []
         self.last_progress: ProgressEvent | None = None
+        self.stage: ProgressEvent | None = None
 
     def feed(self, chunk: bytes | str) -> tuple[list[ProgressEvent], list[str]]:
         """Add a chunk; return the progress events and log lines it completed."""
@@ -151,9 +184,12 @@ class OutputReader:
         events, logs = [], []
         for line in lines:
             event = parse_progress_line(line)
+            stage = parse_stage_line(line) if event is None else None
             if event is not None:
                 events.append(event)
                 self.last_progress = event
+            elif stage is not None:
+                self.stage = stage
             elif line.strip():
                 logs.append(line.rstrip())
         self.log_lines += logs

@@ -10,9 +10,16 @@ from collections.abc import Callable, Sequence
 
 import qt
 
-from IXGSReconstructionLib.engine_process import OutputReader, ProgressEvent, engine_command
+from IXGSReconstructionLib.engine_process import (
+    OutputReader,
+    ProgressEvent,
+    cancel_file_in,
+    engine_command,
+    request_cancel,
+)
 
-KILL_AFTER_MS = 5000
+KILL_AFTER_MS = 60000
+"""How long a cancelled engine has to finish its step and write its checkpoint before it is killed."""
 
 
 class EngineJob:
@@ -31,7 +38,9 @@ class EngineJob:
         on_finished: Callable[[bool, str], None],
     ) -> None:
         self.command = engine_command(arguments)
+        self.cancel_file = cancel_file_in(arguments)
         self.reader = OutputReader()
+        self._shown_stage: ProgressEvent | None = None
         self.cancelled = False
         self._on_progress, self._on_log, self._on_finished = on_progress, on_log, on_finished
         self.process = qt.QProcess()
@@ -48,6 +57,8 @@ class EngineJob:
         self._kill_timer.connect("timeout()", self.process.kill)
 
     def start(self) -> None:
+        if self.cancel_file is not None:
+            self.cancel_file.unlink(missing_ok=True)  # an earlier Cancel's request is not this run's
         self._on_log("$ " + " ".join(self.command))
         self.process.start(self.command[0], self.command[1:])
 
@@ -55,15 +66,23 @@ class EngineJob:
         return self.process.state() != qt.QProcess.NotRunning
 
     def cancel(self) -> None:
-        """Ask the engine to stop (it keeps its last checkpoint; Resume continues); kill it if
-        it has not stopped after a few seconds."""
+        """Ask the engine to stop at its next step, where it writes a checkpoint (Resume
+        continues): through its cancel file when it has one (every platform) and SIGTERM (not
+        on Windows, where terminate() does not reach a console process); kill it if it has not
+        stopped after KILL_AFTER_MS."""
         if not self.is_running():
             return
         self.cancelled = True
+        if self.cancel_file is not None:
+            request_cancel(self.cancel_file)
         self.process.terminate()
         self._kill_timer.start(KILL_AFTER_MS)
 
     def _dispatch(self, events: list[ProgressEvent], lines: list[str]) -> None:
+        stage = self.reader.stage
+        if stage is not None and not events and stage is not self._shown_stage:  # the SART start and the like
+            self._shown_stage = stage
+            self._on_progress(stage)
         for event in events:
             self._on_progress(event)
         for line in lines:

@@ -10,7 +10,7 @@ units (a CT) is converted to attenuation (1/mm, water at 70 keV) first.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,11 +23,12 @@ from ixgs_engine.evaluate.resample import align_to_reference
 from ixgs_engine.evaluate.surface import DEFAULT_BONE_HU, bone_threshold, surface_metrics
 from ixgs_engine.io import atomic_output
 from ixgs_engine.io.scan import load_projections, read_scan
-from ixgs_engine.io.volumes import read_volume
+from ixgs_engine.io.volumes import read_volume, require_finite
 from ixgs_engine.phantoms import hu_to_attenuation
+from ixgs_engine.reconstruct import run_files
 from ixgs_engine.volume import Volume
+from ixgs_engine.progress import ProgressCallback
 
-SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.json"
 HU_MINIMUM_BELOW = -500.0  # a volume whose minimum is below this is taken to be in HU (air = -1000)
 
@@ -43,12 +44,12 @@ class Reconstruction:
 
     @property
     def scan_dir(self) -> Path | None:
-        """The run's scan folder (recorded as an absolute path; older runs may hold a relative one)."""
-        if "scan" not in self.summary:
+        """The run's scan folder (see ``run_files.scan_path``); None for a bare volume file."""
+        if self.run_dir is None:
             return None
-        path = Path(self.summary["scan"])
-        if not path.is_dir():
-            where = self.run_dir / SUMMARY_FILE
+        path = run_files.scan_path(self.run_dir, self.summary)
+        if path is not None and not path.is_dir():
+            where = self.run_dir / run_files.SUMMARY_FILE
             raise IXGSError(f"the run's scan folder {path} (from {where}) is not found; give --scan")
         return path
 
@@ -58,21 +59,14 @@ class Reconstruction:
 
 
 def load_reconstruction(path: str | Path) -> Reconstruction:
-    """A volume file, or a run folder holding summary.json (its ``volume_path``)."""
+    """A volume file, or a run folder holding summary.json (its ``volume_path``, relative to
+    the folder, so a copied folder reads its own volume from any working directory)."""
     path = Path(path)
     if path.is_dir():
-        summary_path = path / SUMMARY_FILE
-        if not summary_path.is_file():
-            raise IXGSError(
-                f"{path} is a folder without {SUMMARY_FILE}; give a volume file or an `ixgs reconstruct` output folder"
-            )
-        try:
-            summary = json.loads(summary_path.read_text())
-        except json.JSONDecodeError as error:
-            raise IXGSError(f"{summary_path} is not valid JSON ({error.msg}); re-run the reconstruction") from None
-        volume_path = Path(summary.get("volume_path", ""))
-        if not volume_path.is_file():
-            volume_path = path / volume_path.name
+        summary = run_files.read_summary(path)
+        if not summary.get("volume_path"):
+            raise IXGSError(f"{path / run_files.SUMMARY_FILE} names no volume; re-run the reconstruction")
+        volume_path = run_files.run_path(path, summary["volume_path"])
         return Reconstruction(read_volume(volume_path), volume_path, path, summary)
     return Reconstruction(read_volume(path), path)
 
@@ -156,7 +150,7 @@ def evaluate_reconstruction(
     views: str | Sequence[int] | None = None,
     bone_hu: float = DEFAULT_BONE_HU,
     device: str = "cpu",
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Evaluation:
     """Score a reconstruction. The scan defaults to the run's; the reference to the scan's
     recorded ground truth. Without a reference only the 2-D metrics are computed, without a
@@ -169,7 +163,7 @@ def evaluate_reconstruction(
     metrics: dict = {"volume": str(recon.volume_path)}
     evaluation = Evaluation(metrics)
     if reference_path is not None:
-        reference, units = as_attenuation(read_volume(reference_path), reference_units)
+        reference, units = as_attenuation(require_finite(read_volume(reference_path), reference_path), reference_units)
         metrics |= {"reference": str(reference_path), "reference_units": units}
         metrics |= volume_metrics(recon.volume, reference, bone_hu)
         evaluation.reference = reference

@@ -7,7 +7,7 @@ well the volume predicts X-rays it has not seen; training views measure the fit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +17,7 @@ from ixgs_engine.evaluate.metrics import psnr_2d, ssim_2d
 from ixgs_engine.io.scan import Projections
 from ixgs_engine.simulate import render_line_integrals
 from ixgs_engine.volume import Volume
+from ixgs_engine.progress import ProgressCallback
 
 
 @dataclass
@@ -58,7 +59,7 @@ def compare_views(
     projections: Projections,
     views: Sequence[int],
     device: str = "cpu",
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> ViewComparison:
     """Re-render ``volume`` at ``views`` of a scan and score each view (PSNR/SSIM with the
     measured view's maximum as the peak)."""

@@ -3,20 +3,18 @@ orbits only). The volume lands on the same ROI grid, with world geometry, as an 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from ixgs_engine.errors import IXGSError
-from ixgs_engine.io import atomic_output
 from ixgs_engine.io.scan import load_projections, read_scan
 from ixgs_engine.io.volumes import write_volume
 from ixgs_engine.geometry.roi import roi_grid
+from ixgs_engine.reconstruct import run_files
 from ixgs_engine.reconstruct.data import detector_voxel_size
 from ixgs_engine.volume import Volume
 
 METHODS = ("sart", "fdk")
-SUMMARY_FILE = "summary.json"
 
 
 def run_baseline(
@@ -49,13 +47,12 @@ def run_baseline(
     write_volume(volume_path, volume)
     summary = {
         "method": f"rtk-{method}",
-        "scan": str(Path(scan_dir)),
+        "scan": str(Path(scan_dir).resolve()),
         "views": int(len(projections.values)),
         "iterations": iterations if method == "sart" else None,
         "voxel_size_mm": voxel,
         "volume_path": str(volume_path),
         "total_seconds": time.perf_counter() - started,
     }
-    with atomic_output(output_dir / SUMMARY_FILE) as temp:
-        temp.write_text(json.dumps(summary, indent=1))
+    run_files.write_summary(output_dir, summary)
     return summary, volume

@@ -11,7 +11,7 @@ independent tasks (:mod:`ixgs_engine.experiments.runner`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from ixgs_engine.simulate import (
     roi_of_volume,
 )
 from ixgs_engine.volume import Volume
+from ixgs_engine.progress import ProgressCallback
 
 FIELD_OF_VIEW_MM = 192.0  # the phantom's field of view, whatever the grid size (as `ixgs demo`)
 PANEL_MM = 409.6  # the engine's default simulated panel width (256 x 1.6 mm)
@@ -161,7 +162,7 @@ def run_experiment(
     settings: Settings,
     output_dir: str | Path,
     cluster: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> ResultStore:
     """Run the rows not yet in ``output_dir/results.json`` (locally or on ``cluster``), saving
     each as it finishes; returns the store with every row."""

@@ -22,6 +22,9 @@ from ixgs_engine.io.xray_images import read_xray_image, write_xray_image
 FORMAT = "ixgs-scan/1"
 SCAN_FILE = "scan.json"
 IMAGE_KINDS = ("line_integral", "intensity", "radiograph")
+# A line integral above this means a transmission below e^-20 (2e-9), far below any detector's
+# range: a typical value above it means the image holds counts or intensities, not line integrals.
+MAX_LINE_INTEGRAL = 20.0
 # A line-integral view is rejected when more than this fraction of its pixels lies below
 # -NEGATIVE_TOLERANCE x its 99th percentile: more than noise, e.g. an inverted image.
 NEGATIVE_FRACTION = 0.01
@@ -261,6 +264,22 @@ def _intensity_to_line_integral(pixels: np.ndarray, i0: float | None, index: int
 
 
 def _check_line_integral(values: np.ndarray, index: int, image: str) -> None:
+    if not np.any(values):
+        raise ScanError(
+            "is zero everywhere: no line integral at all (an empty, dark or unexposed image?); remove the view "
+            "or fix the file",
+            index,
+            image,
+        )
+    typical = float(np.median(np.abs(values)))
+    if typical > MAX_LINE_INTEGRAL:
+        raise ScanError(
+            f"half the pixels exceed {MAX_LINE_INTEGRAL:g} (median {typical:.4g}), which no line integral "
+            f"reaches (a transmission below e^-{MAX_LINE_INTEGRAL:g}); these look like raw detector counts or "
+            'intensities: set "image_kind" to "intensity" (with "i0" if known)',
+            index,
+            image,
+        )
     scale = max(float(np.percentile(np.abs(values), 99)), 1e-12)
     negative = values < -NEGATIVE_TOLERANCE * scale
     if negative.mean() > NEGATIVE_FRACTION:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ixgs_engine.errors import VolumeIOError
+from ixgs_engine.errors import write_error_fix, VolumeIOError
 from ixgs_engine.io import atomic_output, extension_of, itk_reason
 from ixgs_engine.volume import Volume
 
@@ -81,7 +81,7 @@ def write_volume(path: str | Path, volume: Volume, compress: bool = True) -> Non
         raise VolumeIOError(
             path,
             f"cannot be written ({reason})",
-            "check that the folder is writable and the disk has space",
+            write_error_fix(error),
         ) from error
 
 
@@ -142,3 +142,18 @@ def _read_dicom_series(folder: Path, series_id: str | None) -> sitk.Image:
             f"its DICOM series cannot be read ({itk_reason(error)})",
             "check that its slices are complete, not corrupt and all the same size",
         ) from error
+
+
+def require_finite(volume: Volume, path: str | Path) -> Volume:
+    """``volume`` if every voxel is a number; otherwise a VolumeIOError naming the file, how
+    many voxels are NaN or infinite and where the first one is (projecting or scoring such a
+    volume would spread NaN through every result)."""
+    bad = ~np.isfinite(volume.array)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0][::-1])
+        raise VolumeIOError(
+            path,
+            f"{int(bad.sum())} voxels are NaN or infinite (the first at index i,j,k = {first})",
+            "replace them (e.g. with air: -1000 HU, or 0 /mm) and try again",
+        )
+    return volume

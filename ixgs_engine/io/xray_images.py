@@ -19,11 +19,18 @@ import tifffile
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ixgs_engine.errors import ImageReadError
 from ixgs_engine.io import atomic_output, extension_of, itk_reason
+
+try:  # pydicom 3 (3D Slicer 5.12 and later): decodes one frame of a multi-frame file
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import pixel_array as _decode_one_frame
+except ImportError:  # pydicom 2.4 (3D Slicer 5.10): the same LUTs, frames decoded together
+    from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+
+    _decode_one_frame = None
 
 # Leading bytes that identify a format whatever the file is called.
 _SIGNATURES = {
@@ -266,12 +273,18 @@ def _open_dicom(path: Path, with_pixels: bool = True) -> Dataset:
         dataset = pydicom.dcmread(path, force=True, stop_before_pixels=not with_pixels)
     except Exception as error:
         raise _unreadable(path, f"not valid DICOM: {_reason(error)}") from error
-    if (
-        "TransferSyntaxUID" not in dataset.file_meta
-        and dataset.original_encoding in _ENCODING_SYNTAX
-    ):
-        dataset.file_meta.TransferSyntaxUID = _ENCODING_SYNTAX[dataset.original_encoding]
+    encoding = _original_encoding(dataset)
+    if "TransferSyntaxUID" not in dataset.file_meta and encoding in _ENCODING_SYNTAX:
+        dataset.file_meta.TransferSyntaxUID = _ENCODING_SYNTAX[encoding]
     return dataset
+
+
+def _original_encoding(dataset: Dataset) -> tuple[bool | None, bool | None]:
+    """(implicit VR, little endian) as the file was read: pydicom 3's ``original_encoding``,
+    pydicom 2.4's ``read_implicit_vr`` / ``read_little_endian``."""
+    if hasattr(type(dataset), "original_encoding"):
+        return dataset.original_encoding
+    return dataset.read_implicit_vr, dataset.read_little_endian
 
 
 def _number_of_frames(dataset: Dataset) -> int:
@@ -310,7 +323,10 @@ def _read_dicom(path: Path, frame: int | None, apply_voi: bool) -> XrayImage:
 def _decode_frame(path: Path, dataset: Dataset, index: int) -> np.ndarray:
     syntax = dataset.file_meta.TransferSyntaxUID
     try:
-        return pixel_array(dataset, index=index)
+        if _decode_one_frame is not None:
+            return _decode_one_frame(dataset, index=index)
+        frames = dataset.pixel_array
+        return frames[index] if _number_of_frames(dataset) > 1 else frames
     except Exception as error:
         hint = (
             f"install the pixel decoders ({_DICOM_DECODERS}); with them the file is corrupt"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from ixgs_engine.poses.detection import Detection, detect_beads, merge_manual, v
 from ixgs_engine.poses.estimation import dlt, extrinsics_matrix, pnp, polish_matrix, reprojection_errors
 from ixgs_engine.poses.phantom import BeadPhantom
 from ixgs_engine.poses.refinement import ViewObservations, refine_views
+from ixgs_engine.progress import ProgressCallback
 
 DETECTIONS_FORMAT = "ixgs-bead-detections/1"
 MAGNIFICATION_RANGE = (1.0, 2.5)  # beads lie between source and detector
@@ -196,7 +196,7 @@ def score_view(pose: ViewPose, phantom: BeadPhantom, detections: list[Detection]
 
 def estimate_scan(scan: Scan, phantom: BeadPhantom, detections: list[ViewDetections], refine: bool = True,
                   refine_intrinsics: bool = False, max_rms_px: float = 1.0,
-                  progress: Callable[..., None] | None = None) -> list[ViewPose]:
+                  progress: ProgressCallback | None = None) -> list[ViewPose]:
     """Poses of every view; successful views refined jointly (shared intrinsics)."""
     poses = []
     for count, found in enumerate(detections, start=1):

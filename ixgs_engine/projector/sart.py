@@ -8,15 +8,14 @@ visited in a fixed interleaved order so consecutive updates use far-apart views.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.projector.joseph import JosephProjector
 from ixgs_engine.volume import Volume, VolumeGrid
-
-ProgressCallback = Callable[[int, int], None]
 
 
 def interleaved_subsets(num_views: int, views_per_subset: int) -> list[list[int]]:

@@ -4,6 +4,7 @@ calibrated so the first renders match the views."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 
 from ixgs_engine.gaussians.model import GaussianModel
 from ixgs_engine.geometry.roi import ROI, roi_grid
+from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.projector.sart import sart
 from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData, detector_voxel_size
@@ -48,33 +50,39 @@ class ModelDomain:
         return np.any(np.abs(points) > self.roi, axis=-1)
 
 
-def _sart_volume(data: TrainingData, config: ReconstructionConfig, box: ROI, pitch: float) -> tuple[np.ndarray, VolumeGrid]:
+def _sart_volume(
+    data: TrainingData, config: ReconstructionConfig, box: ROI, pitch: float, progress: ProgressCallback | None
+) -> tuple[np.ndarray, VolumeGrid]:
     """A few SART iterations (normalized densities) on ``box`` at ``pitch`` mm, and the grid in
     normalized coordinates."""
     grid = roi_grid(box, pitch)
     volume = sart(
         data.targets.cpu().numpy(), data.world_matrices, grid, iterations=config.init_sart_iterations,
-        device=data.targets.device,
+        device=data.targets.device, progress=progress,
     )
     return data.scene.attenuation_to_normalized(volume.array), normalized_grid(grid, data.scene)
 
 
-def sart_start(data: TrainingData, config: ReconstructionConfig) -> tuple[np.ndarray, VolumeGrid]:
+def sart_start(
+    data: TrainingData, config: ReconstructionConfig, progress: ProgressCallback | None = None
+) -> tuple[np.ndarray, VolumeGrid]:
     """SART over the ROI and a margin around it (zero outside the ROI) at the finer of the
     ROI's longest side over ``config.init_grid_size`` and a training pixel at the ROI's
     centre (no finer than the views resolve), and its grid in normalized coordinates."""
     roi = data.roi
     pitch = max(float(np.max(roi.size)) / config.init_grid_size, detector_voxel_size(data.world_matrices, roi))
-    values, grid = _sart_volume(data, config, ROI(roi.center, roi.size * SART_MARGIN, roi.direction), pitch)
+    values, grid = _sart_volume(data, config, ROI(roi.center, roi.size * SART_MARGIN, roi.direction), pitch, progress)
     return np.where(ModelDomain.of(data, config).outside_roi(grid.voxel_centres()), 0.0, values), grid
 
 
-def sart_surroundings(data: TrainingData, config: ReconstructionConfig) -> tuple[np.ndarray, VolumeGrid]:
+def sart_surroundings(
+    data: TrainingData, config: ReconstructionConfig, progress: ProgressCallback | None = None
+) -> tuple[np.ndarray, VolumeGrid]:
     """A coarse SART over the whole domain (``config.init_grid_size`` voxels across it), zero in
     the ROI: where the Gaussians around the ROI start."""
     roi, domain = data.roi, ModelDomain.of(data, config)
     box = ROI(roi.center, roi.size * config.domain_scale, roi.direction)
-    values, grid = _sart_volume(data, config, box, float(np.max(box.size)) / config.init_grid_size)
+    values, grid = _sart_volume(data, config, box, float(np.max(box.size)) / config.init_grid_size, progress)
     return np.where(domain.outside_roi(grid.voxel_centres()), values, 0.0), grid
 
 
@@ -109,16 +117,26 @@ def calibrate_densities(
         )
 
 
-def initial_model(data: TrainingData, config: ReconstructionConfig, backend: RenderBackend) -> GaussianModel:
-    """The Gaussians a run starts from (deterministic for ``config.seed``)."""
+def initial_model(
+    data: TrainingData,
+    config: ReconstructionConfig,
+    backend: RenderBackend,
+    stage_progress: Callable[[str], ProgressCallback] | None = None,
+) -> GaussianModel:
+    """The Gaussians a run starts from (deterministic for ``config.seed``);
+    ``stage_progress(name)`` gives a progress callback for each SART stage of a volume start."""
     device = data.targets.device
     domain = ModelDomain.of(data, config)
+
+    def progress(name: str) -> ProgressCallback | None:
+        return stage_progress(name) if stage_progress is not None else None
+
     if config.init == "volume":
         outside_count = int(round(config.num_gaussians * config.outside_share)) if config.domain_scale > 1 else 0
-        values, grid = sart_start(data, config)
+        values, grid = sart_start(data, config, progress("SART start"))
         parts = [GaussianModel.from_volume(values, grid, config.num_gaussians - outside_count, seed=config.seed)]
         if outside_count:
-            values, grid = sart_surroundings(data, config)
+            values, grid = sart_surroundings(data, config, progress("SART surroundings"))
             if np.any(values > 0):
                 parts.append(GaussianModel.from_volume(values, grid, outside_count, seed=config.seed + 1))
         model = GaussianModel.concatenate(parts, normalization=data.scene, device=device)

@@ -3,12 +3,15 @@ geometry), an optional thresholded label map, and the Gaussians themselves."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ixgs_engine.device import check_memory
+from ixgs_engine.errors import IXGSError
 from ixgs_engine.gaussians.model import GaussianModel
 from ixgs_engine.geometry.normalization import SceneNormalization
 from ixgs_engine.geometry.roi import ROI, roi_grid
@@ -18,6 +21,23 @@ from ixgs_engine.render.backend import RenderBackend, normalized_grid, subgrid
 from ixgs_engine.volume import Volume, VolumeGrid
 
 SLAB_VOXELS = 1 << 21
+BYTES_PER_OUTPUT_VOXEL = 13  # the float32 volume, its copy in world units, the writer's copy, a label byte
+
+
+def output_grid(roi: ROI, voxel_size: float) -> VolumeGrid:
+    """The output volume's grid, checked before any long work: a finite positive voxel size,
+    and a volume that fits in this machine's memory (refused with the numbers otherwise)."""
+    if not (math.isfinite(voxel_size) and voxel_size > 0):
+        raise IXGSError(f"--voxel-size must be a positive number of mm, got {voxel_size}")
+    grid = roi_grid(roi, voxel_size)
+    nz, ny, nx = grid.shape
+    check_memory(
+        math.prod(grid.shape) * BYTES_PER_OUTPUT_VOXEL,
+        f"the output volume ({nx}x{ny}x{nz} voxels of {voxel_size:.3g} mm, ROI "
+        f"{' x '.join(f'{s:.0f}' for s in roi.size)} mm)",
+        "give a larger --voxel-size or a smaller ROI",
+    )
+    return grid
 
 
 def voxelize_volume(
@@ -54,15 +74,21 @@ def write_outputs(
     model: GaussianModel,
     scene: SceneNormalization,
     roi: ROI,
-    voxel_size: float,
+    grid: VolumeGrid,
     backend: RenderBackend,
     volume_format: str = "nrrd",
     threshold: float | None = None,
 ) -> tuple[Volume, WrittenOutputs]:
-    """Voxelize and write ``volume.<fmt>``, ``gaussians.npz`` and, with a threshold (1/mm),
-    ``label.<fmt>`` (1 where attenuation >= threshold)."""
+    """Voxelize on ``grid`` (see ``output_grid``) and write ``volume.<fmt>``, ``gaussians.npz``
+    and, with a threshold (1/mm), ``label.<fmt>`` (1 where attenuation >= threshold). A volume
+    that is not finite everywhere, or zero everywhere, is refused rather than written."""
     output_dir = Path(output_dir)
-    volume = voxelize_volume(model, scene, roi, roi_grid(roi, voxel_size), backend)
+    volume = voxelize_volume(model, scene, roi, grid, backend)
+    if not np.isfinite(volume.array).all():
+        raise IXGSError("the reconstruction diverged (the volume holds NaN or infinite values); nothing was written. "
+                        "Check the images are line integrals (ixgs info) and try a smaller learning rate or preset fast")
+    if not volume.array.any():
+        raise IXGSError("the reconstruction is zero everywhere; nothing was written. Check the images (ixgs info)")
     volume_path = output_dir / f"volume.{volume_format}"
     write_volume(volume_path, volume)
     gaussians_path = output_dir / "gaussians.npz"

@@ -3,28 +3,26 @@ module run."""
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import torch
-
 from ixgs_engine.device import resolve_device
 from ixgs_engine.errors import IXGSError
-from ixgs_engine.io import atomic_output
 from ixgs_engine.io.scan import load_projections, read_scan
+from ixgs_engine.progress import ProgressCallback
+from ixgs_engine.reconstruct import run_files
 from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData, detector_voxel_size
 from ixgs_engine.reconstruct.estimate import describe_duration, estimated_seconds
-from ixgs_engine.reconstruct.output import write_outputs
-from ixgs_engine.reconstruct.trainer import CHECKPOINT_FILE, ProgressCallback, Trainer
+from ixgs_engine.reconstruct.output import output_grid, write_outputs
+from ixgs_engine.reconstruct.trainer import Trainer
 from ixgs_engine.render.backend import select_backend
 from ixgs_engine.volume import Volume
 
-SUMMARY_FILE = "summary.json"
 _log = logging.getLogger(__name__)
 
 
@@ -58,14 +56,44 @@ class ReconstructionSummary:
 
 def checkpoint_config(output_dir: Path) -> ReconstructionConfig | None:
     """The config stored in an output folder's checkpoint, if there is one."""
-    path = output_dir / CHECKPOINT_FILE
-    if not path.exists():
+    if not run_files.has_checkpoint(output_dir):
         return None
+    state = run_files.load_checkpoint(output_dir)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
         return ReconstructionConfig.from_dict(state["config"])
-    except Exception as error:
-        raise IXGSError(f"{path}: cannot read the checkpoint ({error}); delete it to start over") from None
+    except (KeyError, TypeError, ValueError) as error:
+        raise IXGSError(f"{output_dir / run_files.CHECKPOINT_FILE}: unusable settings ({error}); delete it to start over") from None
+
+
+def check_output_folder(output_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to replace a run without ``overwrite``: a finished run (summary.json) or an
+    unfinished one (a checkpoint, then ``--resume`` is suggested). The folder is created here,
+    so a path under a file or in a read-only place fails before the long work."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise IXGSError(f"-o {output_dir} is a file; give a folder for the run")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if resume or overwrite:
+        return
+    if (output_dir / run_files.SUMMARY_FILE).is_file():
+        raise IXGSError(f"{output_dir} holds a finished run; pass --overwrite to replace it, --resume with more "
+                        "--iterations to continue it, or choose another folder")
+    if run_files.has_checkpoint(output_dir):
+        raise IXGSError(f"{output_dir} holds an unfinished run; continue it with --resume, or pass --overwrite to "
+                        "start over")
+
+
+def resumed_config(output_dir: Path, iterations: int | None) -> ReconstructionConfig:
+    """The checkpoint's settings, with ``iterations`` (more than were done) to extend the run;
+    the learning rates then follow the schedule of the new total from the resumed step."""
+    stored = checkpoint_config(output_dir)
+    if stored is None:
+        raise IXGSError(f"--resume: no checkpoint in {output_dir}; run without --resume to start")
+    if iterations is None or iterations == stored.iterations:
+        return stored
+    done = int(run_files.load_checkpoint(output_dir)["iteration"])
+    if iterations < done:
+        raise IXGSError(f"--iterations {iterations}: the run in {output_dir} has already done {done}; give more")
+    return replace(stored, iterations=iterations)
 
 
 def heldout_views(num_views: int, every: int) -> list[int]:
@@ -86,20 +114,30 @@ def reconstruct_scan(
     should_cancel: Callable[[], bool] | None = None,
     on_trainer: Callable[[Trainer], None] | None = None,
     preset_name: str = "custom",
+    overwrite: bool = False,
+    resume_iterations: int | None = None,
+    stage_progress: Callable[[str], ProgressCallback] | None = None,
 ) -> tuple[ReconstructionSummary, Volume]:
     """Reconstruct a scan into ``output_dir`` (volume, Gaussians, log, checkpoint, summary).
-    With ``resume`` the run continues from the folder's checkpoint with the checkpoint's
-    settings. ``on_trainer`` receives the Trainer before it trains, so a progress callback can
-    read its model (e.g. to voxelize and score mid-run). ``preset_name`` (what ``config`` came
-    from) is logged first, with the estimated run time, and kept in the summary."""
+
+    A folder holding a run is replaced only with ``overwrite``. With ``resume`` the run
+    continues from the folder's checkpoint with the checkpoint's settings (``config`` is not
+    used), run to ``resume_iterations`` when given. Everything that can be checked (the output
+    folder, the voxel size, the output volume's memory, the threshold) is checked before the
+    training. ``on_trainer`` receives the Trainer before it trains, so a progress callback can
+    read its model. ``stage_progress(name)`` makes a progress callback for a stage before the
+    training (the SART start). ``preset_name`` (what ``config`` came from) is logged first, with
+    the estimated run time, and kept in the summary."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
+    check_output_folder(output_dir, resume, overwrite)
+    if threshold is not None and not math.isfinite(threshold):
+        raise IXGSError(f"--threshold must be a finite attenuation in 1/mm, got {threshold}")
     if resume:
-        stored = checkpoint_config(output_dir)
-        if stored is None:
-            raise IXGSError(f"--resume: no checkpoint in {output_dir}; run without --resume to start")
-        config = stored
+        config = resumed_config(output_dir, resume_iterations)
     projections = load_projections(read_scan(scan_dir))
+    voxel = voxel_size if voxel_size is not None else detector_voxel_size(projections.matrices, projections.roi)
+    grid = output_grid(projections.roi, voxel)
     heldout = heldout_views(len(projections.values), config.holdout_every)
     if heldout:
         training = [v for v in range(len(projections.values)) if v not in heldout]
@@ -117,14 +155,15 @@ def reconstruct_scan(
     fine = None
     if config.image_scale < 1 and config.coarse_iterations > 0:
         fine = TrainingData.from_projections(projections, 1.0, torch_device)
-    trainer = Trainer(data, config, backend, output_dir, progress=progress, should_cancel=should_cancel, fine_data=fine)
+    trainer = Trainer(data, config, backend, output_dir, progress=progress, should_cancel=should_cancel,
+                      fine_data=fine, stage_progress=stage_progress)
     if on_trainer is not None:
         on_trainer(trainer)
+    if not resume:
+        (output_dir / run_files.SUMMARY_FILE).unlink(missing_ok=True)  # a replaced run's summary no longer holds
     result = trainer.run(resume=resume)
-    voxel = voxel_size if voxel_size is not None else detector_voxel_size(projections.matrices, projections.roi)
-    volume, written = write_outputs(
-        output_dir, result.model, data.scene, projections.roi, voxel, backend, volume_format, threshold
-    )
+    volume, written = write_outputs(output_dir, result.model, data.scene, projections.roi, grid, backend,
+                                    volume_format, threshold)
     summary = ReconstructionSummary(
         scan=str(Path(scan_dir).resolve()),
         views=data.num_views,
@@ -144,6 +183,5 @@ def reconstruct_scan(
         preset=preset_name,
         estimated_seconds=round(estimate, 1),
     )
-    with atomic_output(output_dir / SUMMARY_FILE) as temp:
-        temp.write_text(json.dumps(asdict(summary), indent=1))
+    run_files.write_summary(output_dir, asdict(summary))
     return summary, volume

@@ -25,16 +25,15 @@ import torch
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.gaussians.model import PARAMETER_NAMES, GaussianModel
 from ixgs_engine.geometry.roi import roi_grid
-from ixgs_engine.io import atomic_output
+from ixgs_engine.interrupts import EXIT_CODES, deferred_interrupts
+from ixgs_engine.progress import ProgressCallback
+from ixgs_engine.reconstruct import run_files
 from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData
 from ixgs_engine.reconstruct.initialization import ModelDomain, initial_model
 from ixgs_engine.reconstruct.losses import dssim_loss, l1_loss, tv_3d_loss
 from ixgs_engine.render.backend import RenderBackend, normalized_grid, subgrid
 
-CHECKPOINT_FILE = "checkpoint.pt"
-LOG_FILE = "log.jsonl"
-CHECKPOINT_FORMAT = "ixgs-checkpoint/1"
 LEARNING_RATES = {
     "positions": "lr_positions",
     "scales": "lr_scales",
@@ -42,26 +41,14 @@ LEARNING_RATES = {
     "densities": "lr_densities",
 }
 
-ProgressCallback = Callable[[int, int, dict], None]
-
-
-def read_log(run_dir: Path) -> list[dict]:
-    """A run's training log (one JSON object per line); [] when the run has none."""
-    path = Path(run_dir) / LOG_FILE
-    if not path.is_file():
-        return []
-    entries = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise IXGSError(f"{path}, line {number}: not JSON; the log is damaged") from None
-    return entries
-
 
 class ReconstructionCancelled(IXGSError):
-    """The run was cancelled; its last state is in the checkpoint."""
+    """The run stopped early (Cancel, Ctrl-C, SIGTERM) after a whole step; that step's state is
+    in the checkpoint. ``exit_code``: what a command line exits with (130 Ctrl-C/Cancel, 143 SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def exponential_schedule(step: int, total: int, start: float, end: float) -> float:
@@ -91,9 +78,11 @@ class Trainer:
         progress: ProgressCallback | None = None,
         should_cancel: Callable[[], bool] | None = None,
         fine_data: TrainingData | None = None,
+        stage_progress: Callable[[str], ProgressCallback] | None = None,
     ) -> None:
         """``data``: the views at ``config.image_scale``; ``fine_data``: the same views at full
-        resolution, trained on from step ``config.coarse_iterations`` (a two-level pyramid)."""
+        resolution, trained on from step ``config.coarse_iterations`` (a two-level pyramid);
+        ``stage_progress(name)``: a progress callback for each stage of the start (SART)."""
         self.data = data
         self.fine_data = fine_data
         self.config = config
@@ -101,6 +90,7 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.progress = progress
         self.should_cancel = should_cancel
+        self.stage_progress = stage_progress
         self.data_range = float(data.targets.max().clamp_min(1e-6))  # D-SSIM's range, fixed for the run
         tv_voxel = float(data.roi.size.max()) / config.tv_grid_size
         self.tv_grid = normalized_grid(roi_grid(data.roi, tv_voxel), data.scene)
@@ -108,7 +98,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def _fresh_state(self) -> None:
-        self.model = initial_model(self.data, self.config, self.backend)
+        self.model = initial_model(self.data, self.config, self.backend, self.stage_progress)
         self.optimizer = torch.optim.Adam(self.model.param_groups(self._learning_rates(0)), eps=1e-15)
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.view_queue: list[int] = []
@@ -122,33 +112,25 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path:
-        """Write the full training state atomically; returns its path."""
-        state = {
-            "format": CHECKPOINT_FORMAT,
+        """Write the full training state atomically (tensors and plain values only, see
+        ``run_files``); returns its path."""
+        return run_files.save_checkpoint(self.output_dir, {
             "config": self.config.to_dict(),
             "num_views": self.data.num_views,
-            "image_shape": self.data.image_shape,
+            "image_shape": list(self.data.image_shape),
             "iteration": self.iteration,
             "elapsed": self.elapsed,
             "parameters": {name: p.detach().cpu() for name, p in self.model.parameters().items()},
-            "scale_bounds": self.model.scale_bounds,
+            "scale_bounds": list(self.model.scale_bounds),
             "densification": [t.cpu() for t in self.model.densification_state()],
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "view_queue": list(self.view_queue),
-        }
-        path = self.output_dir / CHECKPOINT_FILE
-        with atomic_output(path) as temp:
-            torch.save(state, temp)
-        return path
+        })
 
-    def _load_checkpoint(self, path: Path) -> None:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as error:  # any unreadable file: say which and what to do
-            raise IXGSError(f"{path}: cannot read the checkpoint ({error}); delete it to start over") from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise IXGSError(f"{path} is not an IXGS checkpoint; delete it to start over")
+    def _load_checkpoint(self) -> None:
+        state = run_files.load_checkpoint(self.output_dir)
+        path = self.output_dir / run_files.CHECKPOINT_FILE
         if state["num_views"] != self.data.num_views or tuple(state["image_shape"]) != self.data.image_shape:
             raise IXGSError(
                 f"{path} belongs to a run with {state['num_views']} views of {tuple(state['image_shape'])} pixels, "
@@ -169,11 +151,9 @@ class Trainer:
     # ------------------------------------------------------------------ log
     def _open_log(self, resumed: bool) -> list[dict]:
         """Entries already logged up to the current iteration (later ones, from after the last
-        checkpoint of an interrupted run, are dropped) and a log file holding exactly them."""
-        path = self.output_dir / LOG_FILE
-        kept = [entry for entry in read_log(self.output_dir) if entry["iteration"] <= self.iteration] if resumed else []
-        with atomic_output(path) as temp:
-            temp.write_text("".join(json.dumps(e) + "\n" for e in kept))
+        checkpoint of a run killed hard, are dropped) and a log file holding exactly them."""
+        kept = [entry for entry in run_files.read_log(self.output_dir) if entry["iteration"] <= self.iteration] if resumed else []
+        run_files.write_log(self.output_dir, kept)
         return kept
 
     # ------------------------------------------------------------------ loop
@@ -240,38 +220,48 @@ class Trainer:
 
     def run(self, resume: bool = False) -> TrainingResult:
         """Train to ``config.iterations``; with ``resume``, continue from the checkpoint in the
-        output folder. Cancel (``should_cancel``) or Ctrl-C saves a checkpoint first."""
+        output folder. Cancel (``should_cancel``), Ctrl-C and SIGTERM stop after the step in
+        progress, whose state is checkpointed, and raise ``ReconstructionCancelled``: resuming
+        then reproduces the uninterrupted run exactly."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint = self.output_dir / CHECKPOINT_FILE
-        if resume and checkpoint.exists():
-            self._load_checkpoint(checkpoint)
-        else:
-            if resume:
+        if resume:
+            if not run_files.has_checkpoint(self.output_dir):
                 raise IXGSError(f"--resume: no checkpoint in {self.output_dir}; run without --resume to start")
+            self._load_checkpoint()
+        else:
             self._fresh_state()
         history = self._open_log(resume)
         total = self.config.iterations
         started = time.perf_counter() - self.elapsed
+        whole = True  # False while a step is half done: its state must not be checkpointed
         try:
-            with open(self.output_dir / LOG_FILE, "a") as log:
+            with deferred_interrupts() as interrupt, open(self.output_dir / run_files.LOG_FILE, "a") as log:
                 while self.iteration < total:
-                    if self.should_cancel is not None and self.should_cancel():
+                    cancelled = self.should_cancel is not None and self.should_cancel()
+                    if cancelled or interrupt.requested:
+                        checkpoint = self.save_checkpoint()
+                        how = f"interrupted ({interrupt.name})" if interrupt.requested else "cancelled"
                         raise ReconstructionCancelled(
-                            f"cancelled at iteration {self.iteration}; resume with --resume (checkpoint {checkpoint})"
+                            f"{how} at iteration {self.iteration}; resume with --resume (of {total} iterations; "
+                            f"state saved in {checkpoint})",
+                            EXIT_CODES.get(interrupt.signal, 130),
                         )
+                    whole = False
                     entry = self._step()
                     self.elapsed = time.perf_counter() - started
                     entry["elapsed_s"] = round(self.elapsed, 3)
                     log.write(json.dumps(entry) + "\n")
                     log.flush()
                     history.append(entry)
+                    whole = True
                     if self.progress is not None:
                         self.progress(self.iteration, total, entry)
                     if self.iteration % self.config.checkpoint_every == 0 and self.iteration < total:
                         self.save_checkpoint()
-        except (ReconstructionCancelled, KeyboardInterrupt):
-            self.save_checkpoint()
+                self.save_checkpoint()
+        except KeyboardInterrupt:  # raised by a callback, or a second Ctrl-C: keep what is whole
+            if whole:
+                self.save_checkpoint()
             raise
-        self.save_checkpoint()
         final = history[-1]["loss"] if history else float("nan")
         return TrainingResult(self.model, self.iteration, final, self.elapsed, history)

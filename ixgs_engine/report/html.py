@@ -13,7 +13,6 @@ import base64
 import datetime
 import html
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +21,10 @@ from ixgs_engine.errors import IXGSError
 from ixgs_engine.evaluate.evaluation import Evaluation, evaluate_reconstruction, load_reconstruction
 from ixgs_engine.evaluate.resample import resample_to
 from ixgs_engine.io import atomic_output
-from ixgs_engine.reconstruct.trainer import read_log
+from ixgs_engine.reconstruct.run_files import read_log
 from ixgs_engine.report import plots
 from ixgs_engine.report.ratings import CRITERIA, CSV_COLUMNS, LIKERT
+from ixgs_engine.progress import ProgressCallback
 
 REPORT_FILE = "report.html"
 
@@ -207,7 +207,7 @@ def build_report(
     output: str | Path | None = None,
     max_views: int = 6,
     device: str = "cpu",
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> tuple[Path, dict]:
     """Write the report page (default RUN_DIR/report.html); returns its path and the metrics.
     All the scan's views are re-rendered for the per-view errors; ``max_views`` of them

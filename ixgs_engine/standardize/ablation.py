@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -49,8 +48,8 @@ from ixgs_engine.standardize.pairs import (
 )
 from ixgs_engine.standardize.training import psnr_db, train_model
 from ixgs_engine.volume import Volume
+from ixgs_engine.progress import ProgressCallback
 
-Progress = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,7 @@ def scale_fitted(volume: Volume, reference: Volume) -> Volume:
     return volume.with_array((v * factor).astype(np.float32))
 
 
-def train_ablation_model(work_dir: Path, settings: AblationSettings, device: str, progress: Progress | None) -> Path:
+def train_ablation_model(work_dir: Path, settings: AblationSettings, device: str, progress: ProgressCallback | None) -> Path:
     """Pairs from ``train_variants`` phantom variants and a model trained on them."""
     cts = [(f"spine-{k}", phantom_variant(settings.size, settings.seed + k, settings.test_variation))
            for k in range(settings.train_variants)]
@@ -128,7 +127,7 @@ def run_ablation(
     settings: AblationSettings = AblationSettings(),  # noqa: B008 - frozen dataclass, never mutated
     model_path: str | Path | None = None,
     device: str = "cpu",
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> list[dict]:
     """Run the ablation (see module) in ``work_dir``; one result row per input kind. Without
     ``model_path`` a model is first trained on phantom variants that exclude the test CT."""

@@ -7,7 +7,6 @@ scan reconstructs that map, in 1/mm, with the scan's own geometry.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from ixgs_engine.device import resolve_device
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.io.scan import load_view_pixels, read_scan, write_scan
 from ixgs_engine.standardize.model import StandardizationModel, load_model
+from ixgs_engine.progress import ProgressCallback
 
 
 def apply_model(model: str | Path | StandardizationModel, images: np.ndarray, device: str = "cpu") -> np.ndarray:
@@ -29,7 +29,7 @@ def standardize_scan(
     scan_dir: str | Path,
     output_dir: str | Path,
     device: str = "auto",
-    progress: Callable[..., None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> tuple[Path, int]:
     """Write a new scan folder of standardized line integrals with the input scan's geometry
     (matrices or circular orbit, ROI, pixel spacing); returns (scan.json path, views)."""

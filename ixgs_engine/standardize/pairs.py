@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,13 +34,13 @@ from ixgs_engine.simulate import CarmSetup, arbitrary_poses, pose_matrices, rend
 from ixgs_engine.standardize.radiograph import ParamRanges, sample_params, simulate_radiograph
 from ixgs_engine.standardize.spectrum import BONE, REFERENCE_KEV, WATER, decompose_hu, mass_attenuation
 from ixgs_engine.volume import Volume
+from ixgs_engine.progress import ProgressCallback
 
 PAIRS_FORMAT = "ixgs-pairs/1"
 PAIRS_FILE = "pairs.json"
 DEFAULT_BONE_WEIGHT = 2.5  # bone attenuation is multiplied by this in the target
 PHANTOM_FIELD_OF_VIEW_MM = 192.0
 
-Progress = Callable[..., None]
 
 
 def _reference_coefficients() -> tuple[float, float]:
@@ -67,7 +66,7 @@ def render_basis(
     matrices: np.ndarray,
     image_shape: tuple[int, int],
     device: str = "cpu",
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Water and bone line integrals (V, H, W), in g/cm^3 x mm, of a CT at the given views."""
     water, bone = decompose_hu(hu.array)
@@ -203,7 +202,7 @@ def simulate_views(
     bone_weight: float = DEFAULT_BONE_WEIGHT,
     ranges: ParamRanges = ParamRanges(),  # noqa: B008 - frozen dataclass, never mutated
     device: str = "cpu",
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> SimulatedViews:
     """Realistic radiographs of a CT (HU) at random C-arm poses, each with random acquisition
     and processing settings, and the bone-enhanced DRRs of the same poses."""
@@ -234,7 +233,7 @@ def make_simulated_pairs(
     pixel_mm: float = 3.2,
     bone_weight: float = DEFAULT_BONE_WEIGHT,
     device: str = "cpu",
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Path:
     """Pairs from one or more named CTs (HU), ``views`` spread evenly over them; returns pairs.json."""
     inputs, targets, entries = [], [], []
@@ -266,7 +265,7 @@ def make_pairs_from_scan(
     scan_dir: str | Path,
     bone_weight: float = DEFAULT_BONE_WEIGHT,
     device: str = "cpu",
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Path:
     """Real pairs: each view of a scan (real X-rays with calibrated projection matrices, the CT
     registered to the scan's world frame) with the bone-enhanced DRR of the CT at its pose."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from ixgs_engine.standardize.model import (
     save_model,
 )
 from ixgs_engine.standardize.pairs import PairSet, read_pairs
+from ixgs_engine.progress import ProgressCallback
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "log.jsonl"
@@ -257,7 +257,7 @@ def train_model(
     resume: bool = False,
     device: str = "auto",
     seed: int = 0,
-    progress: Callable[..., None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> TrainingSummary:
     """Train (or with ``resume`` continue) a model on a pairs folder and write the model file."""
     started = time.perf_counter()

@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from ixgs_engine.cli.options import count, finite, positive
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.io import atomic_output
 from ixgs_engine.io.scan import SCAN_FILE, load_view_pixels, read_scan, write_scan
@@ -29,15 +30,15 @@ def add_commands(subparsers) -> None:
                                description="Write a helix phantom: beads on a helix about z, two sizes in a de Bruijn "
                                "code so that their order is unambiguous.")
     make.add_argument("-o", "--output", required=True, help="phantom JSON file to write")
-    make.add_argument("--beads", type=int, default=24)
-    make.add_argument("--radius", type=float, default=40.0, help="helix radius in mm (default 40)")
-    make.add_argument("--height", type=float, default=120.0, help="helix height in mm (default 120)")
-    make.add_argument("--turns", type=float, default=2.0)
-    make.add_argument("--diameters", type=float, nargs=2, default=(3.0, 5.0), metavar=("SMALL", "LARGE"),
+    make.add_argument("--beads", type=count, default=24)
+    make.add_argument("--radius", type=positive, default=40.0, help="helix radius in mm (default 40)")
+    make.add_argument("--height", type=positive, default=120.0, help="helix height in mm (default 120)")
+    make.add_argument("--turns", type=finite, default=2.0)
+    make.add_argument("--diameters", type=positive, nargs=2, default=(3.0, 5.0), metavar=("SMALL", "LARGE"),
                       help="bead diameters in mm (default 3 5)")
-    make.add_argument("--center", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("X", "Y", "Z"))
-    make.add_argument("--sdd", type=float, help="known source-to-detector distance (mm), with --pixel-spacing")
-    make.add_argument("--pixel-spacing", type=float, nargs=2, metavar=("SU", "SV"),
+    make.add_argument("--center", type=finite, nargs=3, default=(0.0, 0.0, 0.0), metavar=("X", "Y", "Z"))
+    make.add_argument("--sdd", type=positive, help="known source-to-detector distance (mm), with --pixel-spacing")
+    make.add_argument("--pixel-spacing", type=positive, nargs=2, metavar=("SU", "SV"),
                       help="known detector pixel size (mm)")
     make.add_argument("--mirrored", choices=("yes", "no", "auto"), default="auto", help="known detector mirroring")
     make.set_defaults(run=_run_make_phantom)
@@ -53,7 +54,7 @@ def add_commands(subparsers) -> None:
         sub.add_argument("--points",
                          help='manual 2-D points JSON: {"views": {"<view>": [{"u": px, "v": px, "bead": optional}]}}')
         sub.add_argument("--no-auto", action="store_true", help="use only the manual points (no automatic detection)")
-        sub.add_argument("--bead-radius-px", type=float, nargs=2, metavar=("MIN", "MAX"),
+        sub.add_argument("--bead-radius-px", type=positive, nargs=2, metavar=("MIN", "MAX"),
                          help="shadow radius range in pixels (default: from bead sizes and pixel spacing)")
         sub.add_argument("--overwrite", action="store_true", help="replace existing outputs in the output folder")
         if name == "estimate":
@@ -62,7 +63,7 @@ def add_commands(subparsers) -> None:
                              help="fill the bead shadows in the written views (default on)")
             sub.add_argument("--refine-intrinsics", action="store_true",
                              help="also refine known intrinsics (shared by all views); unknown ones always are")
-            sub.add_argument("--max-rms", type=float, default=1.0,
+            sub.add_argument("--max-rms", type=positive, default=1.0,
                              help="fail views above this reprojection RMS (px, default 1)")
         sub.set_defaults(run=handler)
 

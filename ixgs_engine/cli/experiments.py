@@ -1,81 +1,24 @@
-"""The evaluation commands of the ``ixgs`` CLI: evaluate, report, ratings, baseline,
-experiment and batch. Handlers import their engine modules lazily so ``ixgs --help`` stays quick."""
+"""Experiment commands: ``baseline`` (RTK SART/FDK of a scan), ``experiment`` (the paper's
+sweeps on simulated phantoms) and ``batch`` (several scans, resumable)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
+from ixgs_engine.cli.options import add_reconstruct_options, config_from, count, positive
 from ixgs_engine.device import resolve_device
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.progress import progress_bar
 
 
 def add_commands(subparsers) -> None:
-    """Register every evaluation command on the ``ixgs`` parser's subparsers."""
-    _add_evaluate(subparsers)
-    _add_report(subparsers)
-    _add_ratings(subparsers)
+    """Register ``baseline``, ``experiment`` and ``batch``."""
     _add_baseline(subparsers)
     _add_experiment(subparsers)
     _add_batch(subparsers)
-
-
-def _check_output_file(output: str | None) -> None:
-    if output is not None and Path(output).is_dir():
-        raise IXGSError(f"-o {output} is a folder; give a file name")
-
-
-# ---------------------------------------------------------------- evaluate
-def _add_evaluate(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "evaluate", help="score a reconstruction against a reference volume and/or its X-rays",
-        description="3-D PSNR/SSIM (R2-Gaussian's definitions) and bone Dice / surface distances (mm) against a "
-        "reference CT or volume resampled by world geometry, and 2-D PSNR/SSIM of the volume re-rendered at the "
-        "scan's views (held-out views by default). Writes metrics JSON.",
-    )
-    parser.add_argument("recon", help="reconstructed volume file, or an `ixgs reconstruct` output folder")
-    parser.add_argument("--reference", help="reference CT (HU) or attenuation volume (default: the scan's truth)")
-    parser.add_argument("--reference-units", choices=("auto", "hu", "mu"), default="auto",
-                        help="reference values: HU or 1/mm (auto: HU when its minimum is below -500)")
-    parser.add_argument("--scan", help="scan folder for the 2-D metrics (default: the run's scan)")
-    parser.add_argument("--views", help="heldout (default when the run held views out), training, all, or 0,5,10")
-    parser.add_argument("--bone-hu", type=float, default=200.0, help="bone threshold in HU for Dice/surface distances")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("-o", "--output", help="metrics JSON (default: metrics.json in the run folder)")
-    parser.set_defaults(run=_run_evaluate)
-
-
-def _run_evaluate(args) -> int:
-    from ixgs_engine.evaluate.evaluation import (
-        METRICS_FILE,
-        evaluate_reconstruction,
-        load_reconstruction,
-        write_metrics,
-    )
-
-    started = time.perf_counter()
-    _check_output_file(args.output)
-    recon = load_reconstruction(args.recon)
-    evaluation = evaluate_reconstruction(
-        recon, args.reference, args.reference_units, args.scan, args.views, args.bone_hu,
-        str(resolve_device(args.device)), progress_bar("re-rendering"),
-    )
-    default = (recon.run_dir or recon.volume_path.parent) / (
-        METRICS_FILE if recon.run_dir else f"{recon.volume_path.name.split('.')[0]}-metrics.json"
-    )
-    path = write_metrics(args.output or default, evaluation.metrics)
-    m = evaluation.metrics
-    parts = []
-    if "psnr_3d_db" in m:
-        parts.append(f"3-D PSNR {m['psnr_3d_db']:.2f} dB, SSIM {m['ssim_3d']:.3f}, bone Dice {m['bone']['dice']:.3f}, "
-                     f"MSD {m['bone']['mean_surface_distance_mm']:.2f} mm")
-    if "psnr_2d_db_mean" in m:
-        parts.append(f"2-D PSNR {m['psnr_2d_db_mean']:.2f} dB, SSIM {m['ssim_2d_mean']:.3f} on {len(m['views'])} "
-                     f"{m['view_set']} views")
-    print(f"evaluated in {time.perf_counter() - started:.1f} s: {'; '.join(parts)} -> {path}")
-    return 0
 
 
 # ---------------------------------------------------------------- baseline
@@ -88,8 +31,8 @@ def _add_baseline(subparsers) -> None:
     parser.add_argument("method", choices=("sart", "fdk"))
     parser.add_argument("scan", help="scan folder (holding scan.json)")
     parser.add_argument("-o", "--output", required=True, help="output folder")
-    parser.add_argument("--iterations", type=int, default=10, help="SART passes over all views (default 10)")
-    parser.add_argument("--voxel-size", type=float, help="voxel size in mm (default: detector pixel at the ROI centre)")
+    parser.add_argument("--iterations", type=count, default=10, help="SART passes over all views (default 10)")
+    parser.add_argument("--voxel-size", type=positive, help="voxel size in mm (default: detector pixel at the ROI centre)")
     parser.add_argument("--format", choices=("nrrd", "nii.gz", "mha"), default="nrrd", help="volume file format")
     parser.set_defaults(run=_run_baseline)
 
@@ -102,66 +45,6 @@ def _run_baseline(args) -> int:
     summary, volume = run_baseline(args.method, args.scan, args.output, args.iterations, args.voxel_size, args.format)
     print(f"rtk {args.method}: {summary['views']} views -> {'x'.join(map(str, volume.shape[::-1]))} voxels of "
           f"{summary['voxel_size_mm']:.2f} mm in {summary['total_seconds']:.1f} s -> {summary['volume_path']}")
-    return 0
-
-
-# ---------------------------------------------------------------- report / ratings
-def _add_report(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "report", help="write a self-contained HTML report of a run (pictures, metrics, rating sheet)",
-        description="One HTML page (inline images, no network): settings, timing, metrics, slices and MIPs beside "
-        "the reference, input vs re-rendered X-rays with residuals, loss curves, per-view errors, and a rating "
-        "sheet for clinical evaluators that saves a CSV in the browser.",
-    )
-    parser.add_argument("run_dir", help="output folder of `ixgs reconstruct` (or `ixgs baseline`)")
-    parser.add_argument("--reference", help="reference CT (HU) or attenuation volume (default: the scan's truth)")
-    parser.add_argument("--reference-units", choices=("auto", "hu", "mu"), default="auto")
-    parser.add_argument("--scan", help="scan folder (default: the run's scan)")
-    parser.add_argument("--max-views", type=int, default=6, help="X-rays shown as pictures (held-out first; default 6)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("-o", "--output", help="HTML file (default RUN_DIR/report.html)")
-    parser.set_defaults(run=_run_report)
-
-
-def _run_report(args) -> int:
-    from ixgs_engine.report.html import build_report
-
-    started = time.perf_counter()
-    if args.max_views < 1:
-        raise IXGSError("--max-views must be at least 1")
-    _check_output_file(args.output)
-    path, metrics = build_report(
-        args.run_dir, args.reference, args.reference_units, args.scan, args.output, args.max_views,
-        str(resolve_device(args.device)), progress_bar("re-rendering"),
-    )
-    shown = [f"3-D PSNR {metrics['psnr_3d_db']:.2f} dB"] if "psnr_3d_db" in metrics else []
-    if "psnr_2d_db_mean" in metrics:
-        shown.append(f"2-D PSNR {metrics['psnr_2d_db_mean']:.2f} dB over {len(metrics['views'])} views")
-    print(f"report in {time.perf_counter() - started:.1f} s ({', '.join(shown)}) -> {path}")
-    return 0
-
-
-def _add_ratings(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "ratings", help="merge rating-sheet CSVs saved from reports into one summary table",
-        description="Merge the CSV files clinical evaluators saved from `ixgs report` pages: per case and "
-        "criterion, the number of raters, mean, standard deviation, median and range of the 1-5 scores.",
-    )
-    parser.add_argument("csv", nargs="+", help="rating CSV files")
-    parser.add_argument("-o", "--output", required=True, help="summary table: .csv, or .md for markdown")
-    parser.set_defaults(run=_run_ratings)
-
-
-def _run_ratings(args) -> int:
-    from ixgs_engine.report.ratings import read_ratings, summarize_ratings, write_rating_summary
-
-    _check_output_file(args.output)
-    rows = read_ratings(args.csv)
-    summary = summarize_ratings(rows)
-    path = write_rating_summary(args.output, summary)
-    cases = sorted({s.case for s in summary})
-    print(f"merged {len(rows)} ratings from {len(args.csv)} files: {len(cases)} cases, "
-          f"{len(summary)} case/criterion rows -> {path}")
     return 0
 
 
@@ -180,11 +63,11 @@ def _add_experiment(subparsers) -> None:
     )
     kinds = parser.add_subparsers(dest="kind", required=True)
     views = kinds.add_parser("views", help="view-count sweep (where is the knee?)")
-    views.add_argument("--counts", type=int, nargs="+", default=[5, 10, 15, 20, 25, 30, 50], help="view counts")
+    views.add_argument("--counts", type=count, nargs="+", default=[5, 10, 15, 20, 25, 30, 50], help="view counts")
     views.add_argument("--orbit", choices=("arbitrary", "circular"), default="arbitrary")
     views.add_argument("--init", choices=("random", "volume"), default="volume", help="IXGS initialization")
     poses = kinds.add_parser("poses", help="pose robustness: orbits, initializations, pose errors")
-    poses.add_argument("--views", type=int, default=25, help="views per scan (default 25)")
+    poses.add_argument("--views", type=count, default=25, help="views per scan (default 25)")
     poses.add_argument("--orbits", nargs="+", choices=("circular", "arbitrary"), default=["circular", "arbitrary"])
     poses.add_argument("--inits", nargs="+", choices=("random", "volume"), default=["random", "volume"])
     poses.add_argument("--noise", nargs="+", default=["0:0", "0.5:1", "1:2.5", "2:5"], metavar="DEG:MM",
@@ -196,23 +79,23 @@ def _add_experiment(subparsers) -> None:
         "(ixgs_engine.standardize.ablation, docs/standardization.md).",
     )
     ablation.add_argument("-o", "--output", required=True, help="output folder (results.json, tables, plot, work/)")
-    ablation.add_argument("--size", type=int, default=64, help="phantom voxels per side (192 mm; default 64)")
-    ablation.add_argument("--detector", type=int, default=128, help="detector pixels per side (default 128)")
-    ablation.add_argument("--views", type=int, default=25, help="views of the test scan (default 25)")
-    ablation.add_argument("--train-steps", type=int, default=1500, help="standardization training steps")
-    ablation.add_argument("--iterations", type=int, default=400, help="IXGS iterations per reconstruction")
+    ablation.add_argument("--size", type=count, default=64, help="phantom voxels per side (192 mm; default 64)")
+    ablation.add_argument("--detector", type=count, default=128, help="detector pixels per side (default 128)")
+    ablation.add_argument("--views", type=count, default=25, help="views of the test scan (default 25)")
+    ablation.add_argument("--train-steps", type=count, default=1500, help="standardization training steps")
+    ablation.add_argument("--iterations", type=count, default=400, help="IXGS iterations per reconstruction")
     ablation.add_argument("--model", help="a trained standardization model (default: train one)")
     ablation.add_argument("--seed", type=int, default=0)
     ablation.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     for sub in (views, poses):
         sub.add_argument("-o", "--output", required=True, help="output folder (results.json, tables, plot, rows/)")
         sub.add_argument("--phantom", choices=("spine", "shepp-logan"), default="spine")
-        sub.add_argument("--size", type=int, default=64, help="phantom voxels per side (192 mm; default 64)")
-        sub.add_argument("--detector", type=int, default=128, help="detector pixels per side (409.6 mm; default 128)")
+        sub.add_argument("--size", type=count, default=64, help="phantom voxels per side (192 mm; default 64)")
+        sub.add_argument("--detector", type=count, default=128, help="detector pixels per side (409.6 mm; default 128)")
         sub.add_argument("--preset", default="fast", help="IXGS preset (default fast)")
-        sub.add_argument("--iterations", type=int, help="IXGS iterations (default: the preset's)")
-        sub.add_argument("--gaussians", type=int, help="initial Gaussians (default: the preset's)")
-        sub.add_argument("--sart-iterations", type=int, default=10, help="RTK SART passes (default 10)")
+        sub.add_argument("--iterations", type=count, help="IXGS iterations (default: the preset's)")
+        sub.add_argument("--gaussians", type=count, help="initial Gaussians (default: the preset's)")
+        sub.add_argument("--sart-iterations", type=count, default=10, help="RTK SART passes (default 10)")
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
         _add_cluster_option(sub)
@@ -292,8 +175,6 @@ def _run_experiment(args) -> int:
 
 
 def _add_batch(subparsers) -> None:
-    from ixgs_engine.cli import _add_reconstruct_options
-
     parser = subparsers.add_parser(
         "batch", help="reconstruct several scan folders (locally or on a Ray/Dask cluster), resumable",
         description="Reconstruct each scan folder into OUT/<scan name>/ with one configuration; cases already "
@@ -302,18 +183,20 @@ def _add_batch(subparsers) -> None:
     )
     parser.add_argument("scans", nargs="+", help="scan folders")
     parser.add_argument("-o", "--output", required=True, help="output folder")
-    _add_reconstruct_options(parser, "auto")
+    add_reconstruct_options(parser, "auto")
     _add_cluster_option(parser)
     parser.set_defaults(run=_run_batch)
 
 
 def _run_batch(args) -> int:
-    from ixgs_engine.cli import _config_from
     from ixgs_engine.experiments.batch import run_batch
 
     started = time.perf_counter()
-    store = run_batch(args.scans, args.output, _config_from(args), args.device, args.cluster,
-                      progress_bar("batch", "case"), args.voxel_size, args.format, args.threshold)
-    print(f"batch: {len(store.rows)} of {len(args.scans)} cases reconstructed in {time.perf_counter() - started:.1f} s "
-          f"-> {Path(args.output) / 'batch.md'}")
-    return 0
+    result = run_batch(args.scans, args.output, config_from(args), args.device, args.cluster,
+                       progress_bar("batch", "case"), args.voxel_size, args.format, args.threshold)
+    for name, message in result.failures.items():
+        print(f"ixgs batch: error: case {name}: {message}", file=sys.stderr)
+    failed = f", {len(result.failures)} failed (retried by the next run)" if result.failures else ""
+    print(f"batch: {len(result.rows)} of {len(args.scans)} cases reconstructed{failed} in "
+          f"{time.perf_counter() - started:.1f} s -> {result.table}")
+    return 2 if result.failures else 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ixgs_engine.cli.options import count, finite, positive
 from ixgs_engine.device import resolve_device
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.progress import progress_bar
@@ -38,18 +39,18 @@ def _add_make_pairs(commands) -> None:
     parser.add_argument("-o", "--output", required=True, help="pairs folder to write")
     parser.add_argument("--phantom", choices=("spine",), default="spine",
                         help="embedded phantom when no volume is given")
-    parser.add_argument("--phantom-size", type=int, default=64, help="phantom voxels per side (default 64)")
-    parser.add_argument("--phantom-variants", type=int, default=4,
+    parser.add_argument("--phantom-size", type=count, default=64, help="phantom voxels per side (default 64)")
+    parser.add_argument("--phantom-variants", type=count, default=4,
                         help="phantom anatomies (texture seed, stretch, rotation) to spread the views over (default 4)")
-    parser.add_argument("--variation", type=float, default=0.12, help="phantom shape variation (default 0.12)")
+    parser.add_argument("--variation", type=finite, default=0.12, help="phantom shape variation (default 0.12)")
     parser.add_argument("--scan",
                         help="scan folder of real X-rays with calibrated poses (the CT must be registered to it)")
-    parser.add_argument("--views", type=int, default=64, help="simulated pairs (default 64)")
-    parser.add_argument("--detector-pixels", type=int, default=128,
+    parser.add_argument("--views", type=count, default=64, help="simulated pairs (default 64)")
+    parser.add_argument("--detector-pixels", type=count, default=128,
                         help="simulated detector pixels per side (default 128)")
-    parser.add_argument("--pixel-size", type=float, default=3.2,
+    parser.add_argument("--pixel-size", type=positive, default=3.2,
                         help="simulated detector pixel size in mm (default 3.2)")
-    parser.add_argument("--bone-weight", type=float, default=DEFAULT_BONE_WEIGHT,
+    parser.add_argument("--bone-weight", type=finite, default=DEFAULT_BONE_WEIGHT,
                         help=f"bone attenuation factor of the targets (default {DEFAULT_BONE_WEIGHT})")
     parser.add_argument("--units", choices=("auto", "hu", "mu"), default="auto",
                         help="CT values: HU or attenuation 1/mm at 70 keV (auto: HU when its minimum is below -500)")
@@ -60,10 +61,10 @@ def _add_make_pairs(commands) -> None:
 
 
 def _load_hu(path: str, units: str):
-    from ixgs_engine.io.volumes import read_volume
+    from ixgs_engine.io.volumes import read_volume, require_finite
     from ixgs_engine.phantoms import attenuation_to_hu
 
-    volume = read_volume(path)
+    volume = require_finite(read_volume(path), path)
     if units == "auto":
         units = "hu" if float(np.min(volume.array)) < -500 else "mu"
     return volume if units == "hu" else attenuation_to_hu(volume)
@@ -108,7 +109,7 @@ def _add_train(commands) -> None:
     parser.add_argument("-o", "--output", required=True, help="model file to write (e.g. models/standardize.pt)")
     parser.add_argument("--config", choices=tuple(CONFIGS), default="light",
                         help="light = minutes on a CPU, paper = pix2pix's unet_256 for GPUs (default light)")
-    parser.add_argument("--steps", type=int, help="training steps (default: the config's)")
+    parser.add_argument("--steps", type=count, help="training steps (default: the config's)")
     parser.add_argument("--resume", action="store_true", help="continue from checkpoint.pt beside the model file")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

@@ -1,0 +1,98 @@
+"""Options and argument checks shared by the commands: the reconstruction settings
+(``reconstruct``, ``demo``, ``batch``) and the config they make."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from ixgs_engine.device import resolve_device
+from ixgs_engine.errors import IXGSError
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``ixgs simulate: error: ...``, exit 2),
+    like every other user error of ``ixgs``."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (views, pixels, voxels, steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def finite(text: str) -> float:
+    """An argparse type: a finite number (no nan or inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive(text: str) -> float:
+    """An argparse type: a finite number above 0 (sizes and distances in mm, photon counts)."""
+    value = finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
+    return value
+
+
+def not_negative(text: str) -> float:
+    """An argparse type: a finite number of at least 0 (jitters, tolerances)."""
+    value = finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
+def add_reconstruct_options(parser: argparse.ArgumentParser, default_preset: str) -> None:
+    """Options shared by ``reconstruct`` and ``demo``."""
+    from ixgs_engine.reconstruct.config import DEFAULT_PRESET, PRESETS
+
+    parser.add_argument("--preset", choices=(DEFAULT_PRESET, *PRESETS), default=default_preset,
+                        help=f"settings bundle (default {default_preset}): auto = cpu on a CPU and default on a "
+                        "CUDA GPU; cpu = minutes on a CPU (tuned on a real CT); default = R2-Gaussian's recipe; "
+                        "quality = SART start + 2 views a step; fast = the demo's, a few minutes")
+    parser.add_argument("--iterations", type=count, help="optimization steps (overrides the preset)")
+    parser.add_argument("--init", choices=("random", "volume"), help="random (the paper's) or volume (a few SART iterations)")
+    parser.add_argument("--gaussians", type=count, help="number of Gaussians to start with")
+    parser.add_argument("--seed", type=int, help="random seed (same seed, same result)")
+    parser.add_argument("--holdout-every", type=count, metavar="K",
+                        help="keep every K-th view out of training (recorded in summary.json) for `ixgs evaluate`")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--voxel-size", type=positive, help="output voxel size in mm (default: detector pixel at the ROI centre)")
+    parser.add_argument("--format", choices=("nrrd", "nii.gz", "mha"), default="nrrd", help="volume file format")
+    parser.add_argument("--threshold", type=finite, help="also write a label map of attenuation >= this (1/mm)")
+
+
+def preset_name(args) -> str:
+    """The preset ``--preset`` names on the run's device (``auto`` resolved, e.g. ``auto -> cpu``)."""
+    from ixgs_engine.reconstruct.config import resolve_preset
+
+    resolved = resolve_preset(args.preset, resolve_device(args.device))
+    return resolved if resolved == args.preset else f"{resolved} ({args.preset})"
+
+
+def config_from(args):
+    from ixgs_engine.reconstruct.config import preset, resolve_preset
+
+    try:
+        return preset(resolve_preset(args.preset, resolve_device(args.device)), iterations=args.iterations,
+                      init=args.init, num_gaussians=args.gaussians, seed=args.seed, holdout_every=args.holdout_every)
+    except ValueError as error:  # e.g. --iterations 0 or --holdout-every 1
+        raise IXGSError(f"invalid reconstruction options: {error}") from None
+
+
