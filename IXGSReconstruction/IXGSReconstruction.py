@@ -136,26 +136,42 @@ class IXGSReconstructionWidget(EngineModuleWidget):
             self.onViewChanged(self._parameterNode.currentView)
 
     def onImportFiles(self) -> None:
+        from IXGSReconstructionLib import scan_files
+
         images = qt.QFileDialog.getOpenFileNames(
-            None, _("X-ray files (one per view, in order)"), "",
-            "X-rays (*.dcm *.tif *.tiff *.png *.npy *.mha *.nrrd *.nii *.nii.gz);;All files (*)")
+            None,
+            _("X-ray files (one per view, in order)"),
+            "",
+            "X-rays (*.dcm *.tif *.tiff *.png *.npy *.mha *.nrrd *.nii *.nii.gz);;All files (*)",
+        )
         if not images:
             return
         matrices = None
         if slicer.util.confirmYesNoDisplay(_("Do you have one projection-matrix (P-matrix) text file per X-ray?")):
-            matrices = qt.QFileDialog.getOpenFileNames(None, _("P-matrix files (same order as the X-rays)"), "",
-                                                       "Text (*.txt *.csv *.mat *.p);;All files (*)") or None
+            matrices = (
+                qt.QFileDialog.getOpenFileNames(
+                    None,
+                    _("P-matrix files (same order as the X-rays)"),
+                    "",
+                    "Text (*.txt *.csv *.mat *.p);;All files (*)",
+                )
+                or None
+            )
         with slicer.util.tryWithErrorDisplay(_("Importing the X-rays failed."), waitCursor=True):
-            folder = self.logic.importXrays(sorted(images), sorted(matrices) if matrices else None,
-                                            self._parameterNode.imageKind)
+            folder = self.logic.importXrays(
+                scan_files.natural_order(images),
+                scan_files.natural_order(matrices) if matrices else None,
+                self._parameterNode.imageKind,
+            )
             self._parameterNode.scanFolder = folder
             self.onLoadScan()
 
     def onImportDicom(self) -> None:
         series = self.logic.dicomXraySeries()
         if not series:
-            slicer.util.infoDisplay(_("The DICOM database holds no X-ray series (XA, RF, DX, CR). Import them with "
-                                      "the DICOM module first."))
+            slicer.util.infoDisplay(
+                _("The DICOM database holds no X-ray series (XA, RF, DX, CR). Import them with the DICOM module first.")
+            )
             return
         dialog = qt.QInputDialog(slicer.util.mainWindow())
         dialog.setWindowTitle(_("DICOM X-rays"))
@@ -202,15 +218,18 @@ class IXGSReconstructionWidget(EngineModuleWidget):
     def onDetect(self) -> None:
         p = self._parameterNode
         output = self.logic.workFolder("detections")
-        self.runEngine(engine_process.poses_detect_arguments(p.scanFolder, p.phantomFile, output),
-                       lambda: self.logic.loadDetections(p.scanFolder, output))
+        self.runEngine(
+            engine_process.poses_detect_arguments(p.scanFolder, p.phantomFile, output),
+            lambda: self.logic.loadDetections(p.scanFolder, output),
+        )
 
     def onEstimate(self) -> None:
         p = self._parameterNode
         points = self.logic.exportPoints(self.logic.workFolder("points") / "points.json")
         output = self.logic.workFolder("calibrated")
-        arguments = engine_process.poses_estimate_arguments(p.scanFolder, p.phantomFile, output, points,
-                                                            self.logic.detectionsFile)
+        arguments = engine_process.poses_estimate_arguments(
+            p.scanFolder, p.phantomFile, output, points, self.logic.detectionsFile
+        )
 
         def loadCalibrated():
             p.scanFolder = output
@@ -229,8 +248,9 @@ class IXGSReconstructionWidget(EngineModuleWidget):
             self.logic.checkDevice(p.device)
             if not is_set(p.outputFolder):
                 p.outputFolder = self.logic.workFolder(time.strftime("reconstruction-%Y%m%d-%H%M%S"))
-            arguments = self.logic.reconstructionArguments(p.scanFolder, p.roi, p.outputFolder, p.preset, p.device,
-                                                           p.iterations, p.resume)
+            arguments = self.logic.reconstructionArguments(
+                p.scanFolder, p.roi, p.outputFolder, p.preset, p.device, p.iterations, p.resume
+            )
             output = pathlib.Path(p.outputFolder)
             self.runEngine(arguments, lambda: self.onReconstructed(output))
 
@@ -255,7 +275,8 @@ class IXGSReconstructionWidget(EngineModuleWidget):
             self.logic.realignFromPrincipalAxes(p.volume, p.threshold)
 
     def onHarden(self) -> None:
-        mrml_bridge.harden_transform(self._parameterNode.volume)
+        with slicer.util.tryWithErrorDisplay(_("Hardening the realignment failed."), waitCursor=True):
+            mrml_bridge.harden_transform(self._parameterNode.volume)
         self._updateButtons()
 
 
@@ -280,13 +301,19 @@ class IXGSReconstructionLogic(EngineModuleLogic):
             torchLogic = PyTorchUtils.PyTorchUtilsLogic()
         except ImportError:
             torchLogic = None
-        requirements = dependencies.engine_requirements(ENGINE_PARENT or dependencies.engine_parent_folder(MODULE_FOLDER))
+        requirements = dependencies.engine_requirements(
+            ENGINE_PARENT or dependencies.engine_parent_folder(MODULE_FOLDER)
+        )
         conflicts = dependencies.slicer_conflicts(requirements)
         if conflicts:
             raise RuntimeError("; ".join(conflicts))
-        if not dependencies.install_torch(slicer.util.pip_install, torchLogic, dependencies.torch_requirement(requirements)):
+        if not dependencies.install_torch(
+            slicer.util.pip_install, torchLogic, dependencies.torch_requirement(requirements)
+        ):
             raise RuntimeError(_("PyTorch is needed to reconstruct; install it (PyTorch extension) and try again."))
-        installed = dependencies.install_missing(slicer.util.pip_install, dependencies.missing_requirements(requirements))
+        installed = dependencies.install_missing(
+            slicer.util.pip_install, dependencies.missing_requirements(requirements)
+        )
         if installed:
             logging.info("IXGS installed: %s", ", ".join(installed))
         return self.deviceSummary()
@@ -317,7 +344,10 @@ class IXGSReconstructionLogic(EngineModuleLogic):
 
     @staticmethod
     def dicomXraySeries():
-        """[(description, files)] of the X-ray series (XA, RF, DX, CR) in Slicer's DICOM database."""
+        """[(label, files)] of the X-ray series (XA, RF, DX, CR) in Slicer's DICOM database: unique
+        labels, files in Instance Number order."""
+        from IXGSReconstructionLib import scan_files
+
         database = slicer.dicomDatabase
         found = []
         for patient in database.patients():
@@ -329,15 +359,15 @@ class IXGSReconstructionLogic(EngineModuleLogic):
                     name = database.fileValue(files[0], "0010,0010")
                     description = database.fileValue(files[0], "0008,103E") or series
                     found.append((f"{name}: {description} ({len(files)} images)", list(files)))
-        return found
+        return scan_files.dicom_series_choices(found, lambda path: database.fileValue(path, "0020,0013"))
 
     def loadScan(self, scanFolder):
         """Show a scan's X-rays (one volume node per view) and its box; returns the X-ray nodes."""
-        from ixgs_engine.io.xray_images import read_xray_image
         from ixgs_engine.io.scan import read_scan
+        from ixgs_engine.io.xray_images import read_xray_image
 
         scan = read_scan(scanFolder, require_poses=False)
-        for node in self.xrayNodes():
+        for node in self.xrayNodes() + self.allPointsNodes():  # an earlier scan's views and points
             slicer.mrmlScene.RemoveNode(node)
         nodes = []
         for index, view in enumerate(scan.views):
@@ -355,11 +385,19 @@ class IXGSReconstructionLogic(EngineModuleLogic):
     @staticmethod
     def xrayNodes():
         nodes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-        return sorted((n for n in nodes if n.GetAttribute(VIEW_ATTRIBUTE) is not None),
-                      key=lambda n: int(n.GetAttribute(VIEW_ATTRIBUTE)))
+        return sorted(
+            (n for n in nodes if n.GetAttribute(VIEW_ATTRIBUTE) is not None),
+            key=lambda n: int(n.GetAttribute(VIEW_ATTRIBUTE)),
+        )
 
     def xrayNode(self, view: int):
         return next((n for n in self.xrayNodes() if int(n.GetAttribute(VIEW_ATTRIBUTE)) == view), None)
+
+    @staticmethod
+    def allPointsNodes():
+        """The markups nodes holding the bead points of the loaded scan's X-rays."""
+        nodes = slicer.util.getNodesByClass("vtkMRMLMarkupsFiducialNode")
+        return [n for n in nodes if n.GetAttribute(POINTS_ATTRIBUTE) is not None]
 
     def pointsNode(self, view: int):
         """The markups node holding the 2-D bead points of one X-ray (created when missing)."""
@@ -388,8 +426,10 @@ class IXGSReconstructionLogic(EngineModuleLogic):
     def exportPoints(self, path):
         """Write the user's points of every view as POINTS_JSON (after detection: only those added,
         moved or labelled); None when there are none."""
-        points = {view: points_file.manual_points(found, self._detected.get(view, []))
-                  for view, found in self.pointsByView().items()}
+        points = {
+            view: points_file.manual_points(found, self._detected.get(view, []))
+            for view, found in self.pointsByView().items()
+        }
         points = {view: found for view, found in points.items() if found}
         return points_file.write_points_json(path, points) if points else None
 
@@ -403,8 +443,8 @@ class IXGSReconstructionLogic(EngineModuleLogic):
     def loadDetections(self, scanFolder, folder) -> None:
         """Show the beads ``ixgs poses detect`` found as markups, for the user to review: points
         they add, move or label with a bead index go to pose estimation as manual points."""
-        from ixgs_engine.poses.pipeline import read_detections
         from ixgs_engine.io.scan import read_scan
+        from ixgs_engine.poses.pipeline import read_detections
 
         path = pathlib.Path(folder) / "detections.json"
         self._detected = {}
@@ -441,10 +481,12 @@ class IXGSReconstructionLogic(EngineModuleLogic):
 
         scan = pathlib.Path(scanFolder)
         if roiNode is not None:
-            scan = scan_files.scan_with_roi(scan, mrml_bridge.roi_from_node(roiNode),
-                                            pathlib.Path(outputFolder) / "input-scan")
-        return engine_process.reconstruct_arguments(scan, outputFolder, preset, device, iterations or None,
-                                                    resume=resume)
+            scan = scan_files.scan_with_roi(
+                scan, mrml_bridge.roi_from_node(roiNode), pathlib.Path(outputFolder) / "input-scan"
+            )
+        return engine_process.reconstruct_arguments(
+            scan, outputFolder, preset, device, iterations or None, resume=resume
+        )
 
     def loadVolume(self, path, threshold: float):
         """Load a reconstruction (LPS file geometry -> RAS node) and show it."""
@@ -453,6 +495,11 @@ class IXGSReconstructionLogic(EngineModuleLogic):
         node = mrml_bridge.add_volume_node(slicer.mrmlScene, read_volume(path), "IXGS reconstruction")
         self.showVolume(node, threshold)
         slicer.util.setSliceViewerLayers(background=node, fit=True)
+        layoutManager = slicer.app.layoutManager() if hasattr(slicer.app, "layoutManager") else None
+        if layoutManager is not None and layoutManager.threeDViewCount > 0:  # centre the 3-D view on it
+            threeDView = layoutManager.threeDWidget(0).threeDView()
+            threeDView.resetFocalPoint()
+            threeDView.resetCamera()
         return node
 
     @staticmethod
@@ -540,8 +587,13 @@ class IXGSReconstructionTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(roiNode)
         arguments = logic.reconstructionArguments(folder / "scan", roiNode, folder / "run", "fast", "cpu", 10)
         outcome = {}
-        job = engine_job(arguments + ["--gaussians", "400", "--voxel-size", "8"], ENGINE_PARENT, lambda event: None,
-                         logging.info, lambda ok, message: outcome.update(ok=ok, message=message))
+        job = engine_job(
+            arguments + ["--gaussians", "400", "--voxel-size", "8"],
+            ENGINE_PARENT,
+            lambda event: None,
+            logging.info,
+            lambda ok, message: outcome.update(ok=ok, message=message),
+        )
         job.start()
         deadline = time.time() + 600
         while "ok" not in outcome and time.time() < deadline:

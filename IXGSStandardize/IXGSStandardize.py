@@ -98,22 +98,28 @@ class IXGSStandardizeWidget(EngineModuleWidget):
         return self.ui.statusLabel
 
     def progressDetails(self, values: dict) -> list:
-        return [f"{key} {value:.4g}" for key, value in values.items()
-                if key in ("loss", "l1", "psnr", "val_l1", "val_psnr") and isinstance(value, float)]
+        return [
+            f"{key} {value:.4g}"
+            for key, value in values.items()
+            if key in ("loss", "l1", "psnr", "val_l1", "val_psnr") and isinstance(value, float)
+        ]
 
     def onApply(self) -> None:
         p = self._parameterNode
         if not is_set(p.outputScanFolder):
             p.outputScanFolder = self.logic.workFolder(time.strftime("standardized-%Y%m%d-%H%M%S"))
         output = pathlib.Path(p.outputScanFolder)
-        self.runEngine(engine_process.standardize_apply_arguments(p.modelFile, p.scanFolder, output),
-                       lambda: self.logic.useForReconstruction(output))
+        self.runEngine(
+            engine_process.standardize_apply_arguments(p.modelFile, p.scanFolder, output),
+            lambda: self.logic.useForReconstruction(output),
+        )
 
     def onTrain(self) -> None:
         p = self._parameterNode
         model = pathlib.Path(p.trainModelFile)
-        arguments = engine_process.standardize_train_arguments(p.pairsFolder, model, p.trainConfig, p.trainSteps,
-                                                                p.resume)
+        arguments = engine_process.standardize_train_arguments(
+            p.pairsFolder, model, p.trainConfig, p.trainSteps, p.resume
+        )
 
         def useModel():
             p.modelFile = model
@@ -181,8 +187,12 @@ class IXGSStandardizeTest(ScriptedLoadableModuleTest):
     def runEngineAndWait(self, arguments):
         import subprocess
 
-        completed = subprocess.run(engine_process.engine_command(arguments), capture_output=True, text=True,
-                                   env=engine_process.engine_environment(engine_parent=ENGINE_PARENT))
+        completed = subprocess.run(
+            engine_process.engine_command(arguments),
+            capture_output=True,
+            text=True,
+            env=engine_process.engine_environment(engine_parent=ENGINE_PARENT),
+        )
         self.assertEqual(completed.returncode, 0, completed.stderr[-2000:])
         return completed
 
@@ -195,9 +205,26 @@ class IXGSStandardizeTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Training a tiny standardization model and applying it")
         folder = pathlib.Path(tempfile.mkdtemp(prefix="ixgs-standardize-"))
         logic = IXGSStandardizeLogic()
-        self.runEngineAndWait(["standardize", "make-pairs", "--phantom", "spine", "--phantom-size", "32",
-                               "--phantom-variants", "1", "--views", "4", "--detector-pixels", "32",
-                               "--pixel-size", "8", "-o", str(folder / "pairs")])
+        self.runEngineAndWait(
+            [
+                "standardize",
+                "make-pairs",
+                "--phantom",
+                "spine",
+                "--phantom-size",
+                "32",
+                "--phantom-variants",
+                "1",
+                "--views",
+                "4",
+                "--detector-pixels",
+                "32",
+                "--pixel-size",
+                "8",
+                "-o",
+                str(folder / "pairs"),
+            ]
+        )
         model = folder / "model.pt"
         self.runEngineAndWait(engine_process.standardize_train_arguments(folder / "pairs", model, "light", 2))
         simulate_phantom_scan(folder / "scan", "spine", 24, 8.0, 3, 32, 8.0)

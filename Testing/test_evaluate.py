@@ -180,8 +180,29 @@ def test_evaluate_command_scores_heldout_views(tmp_path, small_truth, capsys):
     scan = tmp_path / "scan"
     simulate_scan(scan, small_truth, arbitrary_poses(8, isocenter=tuple(small_truth.center())), _setup())
     run = tmp_path / "run"
-    assert main(["reconstruct", str(scan), "-o", str(run), "--preset", "fast", "--iterations", "20",
-                 "--gaussians", "400", "--holdout-every", "4", "--voxel-size", "8", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                str(scan),
+                "-o",
+                str(run),
+                "--preset",
+                "fast",
+                "--iterations",
+                "20",
+                "--gaussians",
+                "400",
+                "--holdout-every",
+                "4",
+                "--voxel-size",
+                "8",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["heldout_views"] == [3, 7] and summary["views"] == 6
     assert main(["evaluate", str(run), "--device", "cpu"]) == 0
@@ -220,16 +241,31 @@ def test_fdk_reconstructs_circular_scans_and_refuses_others(tmp_path, capsys):
     assert short_fdk.array.mean() == pytest.approx(truth.array.mean(), rel=0.05)
     # Through the CLI on a scan folder: the volume lands on the scan's ROI grid.
     simulate_scan(tmp_path / "circular", truth, poses[::2], setup, circular=True)
-    assert main(["baseline", "fdk", str(tmp_path / "circular"), "-o", str(tmp_path / "fdk"),
-                 "--voxel-size", "4.5"]) == 0
+    assert (
+        main(["baseline", "fdk", str(tmp_path / "circular"), "-o", str(tmp_path / "fdk"), "--voxel-size", "4.5"]) == 0
+    )
     written = read_volume(tmp_path / "fdk" / "volume.nrrd")
     np.testing.assert_allclose(written.origin, truth.origin, atol=1e-4)
     assert written.shape == truth.shape
     simulate_scan(tmp_path / "arbitrary", truth, arbitrary_poses(6, isocenter=tuple(truth.center())), setup)
     assert main(["baseline", "fdk", str(tmp_path / "arbitrary"), "-o", str(tmp_path / "no")]) == 2
     assert "FDK needs a circular orbit" in capsys.readouterr().err
-    assert main(["baseline", "sart", str(tmp_path / "arbitrary"), "-o", str(tmp_path / "sart"), "--iterations", "2",
-                 "--voxel-size", "9"]) == 0
+    assert (
+        main(
+            [
+                "baseline",
+                "sart",
+                str(tmp_path / "arbitrary"),
+                "-o",
+                str(tmp_path / "sart"),
+                "--iterations",
+                "2",
+                "--voxel-size",
+                "9",
+            ]
+        )
+        == 0
+    )
     sart_summary = json.loads((tmp_path / "sart" / "summary.json").read_text())
     assert sart_summary["method"] == "rtk-sart" and sart_summary["views"] == 6
     assert read_volume(tmp_path / "sart" / "volume.nrrd").shape == (16, 16, 16)

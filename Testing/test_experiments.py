@@ -25,8 +25,20 @@ from ixgs_engine.simulate import CarmSetup, arbitrary_poses, pose_matrices, simu
 from ixgs_engine.volume import Volume
 
 pytest.importorskip("itk")
-TINY = ["--size", "24", "--detector", "32", "--iterations", "30", "--gaussians", "400", "--sart-iterations", "2",
-        "--device", "cpu"]
+TINY = [
+    "--size",
+    "24",
+    "--detector",
+    "32",
+    "--iterations",
+    "30",
+    "--gaussians",
+    "400",
+    "--sart-iterations",
+    "2",
+    "--device",
+    "cpu",
+]
 
 
 def test_pose_errors_have_the_requested_size():
@@ -78,18 +90,43 @@ def test_view_sweep_runs_resumes_and_tabulates(tmp_path, capsys):
     assert main(["experiment", "views", "-o", str(out), "--counts", "4", "8", "--init", "random", *TINY]) == 0
     assert (row_dir / "ixgs" / "volume.nrrd").stat().st_mtime_ns == stamp
     # Other settings in the same folder are refused rather than mixed.
-    assert main(["experiment", "views", "-o", str(out), "--counts", "4", "8", "--init", "random", *TINY[:-2],
-                 "--seed", "3"]) == 2
+    assert (
+        main(
+            ["experiment", "views", "-o", str(out), "--counts", "4", "8", "--init", "random", *TINY[:-2], "--seed", "3"]
+        )
+        == 2
+    )
     assert "other settings" in capsys.readouterr().err
 
 
 def test_pose_experiment_reconstructs_true_images_with_perturbed_matrices(tmp_path):
     out = tmp_path / "poses"
-    assert main(["experiment", "poses", "-o", str(out), "--views", "6", "--orbits", "circular", "--inits", "random",
-                 "--noise", "0:0", "2:5", *TINY]) == 0
+    assert (
+        main(
+            [
+                "experiment",
+                "poses",
+                "-o",
+                str(out),
+                "--views",
+                "6",
+                "--orbits",
+                "circular",
+                "--inits",
+                "random",
+                "--noise",
+                "0:0",
+                "2:5",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     rows = json.loads((out / "results.json").read_text())["rows"]
-    exact, noisy = (out / "rows" / k / "scan" for k in ("circular-6v-random-rot0deg-shift0mm",
-                                                          "circular-6v-random-rot2deg-shift5mm"))
+    exact, noisy = (
+        out / "rows" / k / "scan"
+        for k in ("circular-6v-random-rot0deg-shift0mm", "circular-6v-random-rot2deg-shift5mm")
+    )
     for index in range(6):
         same = [read_xray_image(folder / "images" / f"{index:03d}.tif").pixels for folder in (exact, noisy)]
         np.testing.assert_array_equal(same[0], same[1])
@@ -114,15 +151,53 @@ def scans(tmp_path_factory) -> list[Path]:
 
 def test_batch_reconstructs_each_scan_once(scans, tmp_path):
     out = tmp_path / "batch"
-    assert main(["batch", *map(str, scans), "-o", str(out), "--preset", "fast", "--iterations", "20",
-                 "--gaussians", "300", "--voxel-size", "8", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "batch",
+                *map(str, scans),
+                "-o",
+                str(out),
+                "--preset",
+                "fast",
+                "--iterations",
+                "20",
+                "--gaussians",
+                "300",
+                "--voxel-size",
+                "8",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     rows = json.loads((out / "batch.json").read_text())["rows"]
     assert sorted(rows) == ["case0", "case1"]
     assert all(0 < r["psnr_3d_db"] < 60 and r["views"] == 6 for r in rows.values())
     assert read_volume(out / "case1" / "volume.nrrd").spacing.tolist() == [8.0, 8.0, 8.0]
     stamp = (out / "case0" / "volume.nrrd").stat().st_mtime_ns
-    assert main(["batch", *map(str, scans), "-o", str(out), "--preset", "fast", "--iterations", "20",
-                 "--gaussians", "300", "--voxel-size", "8", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "batch",
+                *map(str, scans),
+                "-o",
+                str(out),
+                "--preset",
+                "fast",
+                "--iterations",
+                "20",
+                "--gaussians",
+                "300",
+                "--voxel-size",
+                "8",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert (out / "case0" / "volume.nrrd").stat().st_mtime_ns == stamp
     assert "| case1 | 6 | 20 |" in (out / "batch.md").read_text()
 
@@ -163,9 +238,17 @@ def test_standardization_experiment_tabulates_the_ablation_once(tmp_path, monkey
 
     def fake_ablation(workdir, settings, model, device, progress):
         calls.append(settings)
-        return [{"input": name, "psnr_2d_db": 20.0 + i, "ssim_2d": 0.5 + 0.1 * i, "psnr_3d_db": 25.0 + i,
-                 "ssim_3d": 0.7 + 0.05 * i, "volume": str(workdir / name)}
-                for i, name in enumerate(("raw radiograph", "standardized", "ideal DRR"))]
+        return [
+            {
+                "input": name,
+                "psnr_2d_db": 20.0 + i,
+                "ssim_2d": 0.5 + 0.1 * i,
+                "psnr_3d_db": 25.0 + i,
+                "ssim_3d": 0.7 + 0.05 * i,
+                "volume": str(workdir / name),
+            }
+            for i, name in enumerate(("raw radiograph", "standardized", "ideal DRR"))
+        ]
 
     monkeypatch.setattr(ablation, "run_ablation", fake_ablation)
     arguments = ["experiment", "standardization", "-o", str(tmp_path), "--size", "24", "--detector", "32"]

@@ -29,9 +29,13 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
 @pytest.mark.parametrize("seed", range(5))
 def test_projection_matrix_round_trips_through_decomposition(seed, mirrored):
     rng = np.random.default_rng(seed)
-    K = np.array([[rng.uniform(500, 2000), rng.uniform(-5, 5), rng.uniform(0, 500)],
-                  [0.0, rng.uniform(500, 2000), rng.uniform(0, 500)],
-                  [0.0, 0.0, 1.0]])
+    K = np.array(
+        [
+            [rng.uniform(500, 2000), rng.uniform(-5, 5), rng.uniform(0, 500)],
+            [0.0, rng.uniform(500, 2000), rng.uniform(0, 500)],
+            [0.0, 0.0, 1.0],
+        ]
+    )
     if mirrored:
         K[1, 1] *= -1
     R = random_rotation(rng)
@@ -43,8 +47,11 @@ def test_projection_matrix_round_trips_through_decomposition(seed, mirrored):
     np.testing.assert_allclose(pose.source, S, atol=1e-7)
     assert pose.mirrored == mirrored
     assert np.linalg.det(pose.rotation) == pytest.approx(1.0)
-    np.testing.assert_allclose(compose_projection_matrix(pose.intrinsics, pose.rotation, pose.source),
-                               normalize_projection_matrix(P), atol=1e-8)
+    np.testing.assert_allclose(
+        compose_projection_matrix(pose.intrinsics, pose.rotation, pose.source),
+        normalize_projection_matrix(P),
+        atol=1e-8,
+    )
 
 
 def test_depth_is_positive_in_front_and_equals_distance_along_principal_ray():
@@ -90,7 +97,9 @@ def test_lao_90_and_cranial_hand_computed():
 
 
 def test_detector_offset_moves_principal_point():
-    pose = decompose_projection_matrix(carm_projection_matrix(0, 0, 600, 1000, Detector((100, 80), (2.0, 0.5), (10.0, -4.0))))
+    pose = decompose_projection_matrix(
+        carm_projection_matrix(0, 0, 600, 1000, Detector((100, 80), (2.0, 0.5), (10.0, -4.0)))
+    )
     np.testing.assert_allclose(pose.principal_point, [49.5 - 5.0, 39.5 + 8.0], atol=1e-9)
     np.testing.assert_allclose(np.abs(np.diag(pose.intrinsics)), [500.0, 2000.0, 1.0])
 
@@ -105,7 +114,7 @@ def test_circular_orbit_matches_carm_builder_and_rotates_about_z():
     detector = Detector((64, 64), (2.0, 2.0))
     angles = [0.0, 45.0, 200.0]
     matrices = circular_orbit(angles, 500, 900, detector, isocenter=(1.0, 2.0, 3.0))
-    for angle, P in zip(angles, matrices):
+    for angle, P in zip(angles, matrices, strict=True):
         np.testing.assert_allclose(P, carm_projection_matrix(angle, 0, 500, 900, detector, (1.0, 2.0, 3.0)))
         source = source_position(P)
         assert source[2] == pytest.approx(3.0)
@@ -166,7 +175,9 @@ def test_scene_normalization_maps_roi_to_unit_cube_and_keeps_pixels():
     corners = scene.to_normalized(roi.corners())
     np.testing.assert_allclose(np.abs(corners).max(axis=0), [1.0, 100 / 128, 0.5])
     np.testing.assert_allclose(scene.to_world(corners), roi.corners(), atol=1e-9)
-    np.testing.assert_allclose(scene.world_to_normalized_matrix() @ scene.normalized_to_world_matrix(), np.eye(4), atol=1e-12)
+    np.testing.assert_allclose(
+        scene.world_to_normalized_matrix() @ scene.normalized_to_world_matrix(), np.eye(4), atol=1e-12
+    )
     P = carm_projection_matrix(30, 10, 600, 1000, Detector((64, 64), (2.0, 2.0)), isocenter=roi.center)
     points = roi.center + rng.normal(scale=20.0, size=(5, 3))
     uv_world, _ = project_points(P, points)

@@ -32,9 +32,7 @@ def _ramp(shape: tuple[int, ...] = (ROWS, COLUMNS), top: int = 4095) -> np.ndarr
     return (np.arange(np.prod(shape)).reshape(shape) * 37 % (top + 1)).astype(np.uint16)
 
 
-def _dicom(
-    path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", **attributes: object
-) -> Path:
+def _dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", **attributes: object) -> Path:
     """Write an X-ray angiography DICOM file, 12-bit (8-bit for uint8 pixels), with extra
     attributes; [frames, rows, columns] pixels make a multi-frame file."""
     dataset = Dataset()
@@ -166,9 +164,7 @@ def test_dicom_values_spacing_and_metadata(tmp_path: Path) -> None:
     image = read_xray_image(path)
     np.testing.assert_array_equal(image.pixels, pixels)
     assert image.photometric == "MONOCHROME2"
-    assert image.pixel_spacing == pytest.approx(
-        (0.15, 0.2)
-    )  # (column, row) from ImagerPixelSpacing
+    assert image.pixel_spacing == pytest.approx((0.15, 0.2))  # (column, row) from ImagerPixelSpacing
     assert image.metadata == {
         "Modality": "XA",
         "KVP": 70.0,
@@ -197,9 +193,7 @@ def test_dicom_without_file_meta_is_read_by_extension(tmp_path: Path) -> None:
 
 def test_dicom_rescale_slope_and_intercept_are_applied(tmp_path: Path) -> None:
     pixels = _ramp()
-    path = _dicom(
-        tmp_path / "a.dcm", pixels, RescaleSlope=0.5, RescaleIntercept=10, RescaleType="US"
-    )
+    path = _dicom(tmp_path / "a.dcm", pixels, RescaleSlope=0.5, RescaleIntercept=10, RescaleType="US")
     np.testing.assert_allclose(read_xray_image(path).pixels, pixels * 0.5 + 10)
 
 
@@ -210,9 +204,7 @@ def test_monochrome1_is_inverted_within_the_storable_range(tmp_path: Path) -> No
     assert image.photometric == "MONOCHROME1"
     np.testing.assert_array_equal(image.pixels, 4095.0 - pixels)
     # Rescaled: the range [0, 4095] becomes [-100, 8090], and x*2-100 reflects to 8090-2x.
-    rescaled = _dicom(
-        tmp_path / "rescaled.dcm", pixels, "MONOCHROME1", RescaleSlope=2, RescaleIntercept=-100
-    )
+    rescaled = _dicom(tmp_path / "rescaled.dcm", pixels, "MONOCHROME1", RescaleSlope=2, RescaleIntercept=-100)
     np.testing.assert_allclose(read_xray_image(rescaled).pixels, 8090.0 - 2.0 * pixels)
 
 
@@ -230,9 +222,7 @@ def test_voi_window_is_applied_only_when_asked(tmp_path: Path) -> None:
     expected = _windowed(pixels.astype(np.float64), 1500, 1001, 4095)
     np.testing.assert_allclose(read_xray_image(path, apply_voi=True).pixels, expected, atol=1e-3)
     inverted = _dicom(tmp_path / "b.dcm", pixels, "MONOCHROME1", **window)
-    np.testing.assert_allclose(
-        read_xray_image(inverted, apply_voi=True).pixels, 4095 - expected, atol=1e-3
-    )
+    np.testing.assert_allclose(read_xray_image(inverted, apply_voi=True).pixels, 4095 - expected, atol=1e-3)
 
 
 def test_multiframe_dicom_needs_a_frame(tmp_path: Path) -> None:
@@ -241,22 +231,16 @@ def test_multiframe_dicom_needs_a_frame(tmp_path: Path) -> None:
     assert frame_count(path) == 3
     for index in range(3):
         np.testing.assert_array_equal(read_xray_image(path, frame=index).pixels, frames[index])
-    with pytest.raises(
-        ImageReadError, match=r"multi-frame image with 3 frames.*views\[\]\.frame.*0 to 2"
-    ):
+    with pytest.raises(ImageReadError, match=r"multi-frame image with 3 frames.*views\[\]\.frame.*0 to 2"):
         read_xray_image(path)
-    with pytest.raises(
-        ImageReadError, match=r"frame 3 is out of range: the file holds 3 frames.*0 and 2"
-    ):
+    with pytest.raises(ImageReadError, match=r"frame 3 is out of range: the file holds 3 frames.*0 and 2"):
         read_xray_image(path, frame=3)
     with pytest.raises(ImageReadError, match=r"frame -1 is out of range"):
         read_xray_image(path, frame=-1)
 
 
 @pytest.mark.parametrize("syntax", [JPEG2000Lossless, RLELossless])
-def test_compressed_dicom_decodes_to_the_original_values(
-    tmp_path: Path, syntax: pydicom.uid.UID
-) -> None:
+def test_compressed_dicom_decodes_to_the_original_values(tmp_path: Path, syntax: pydicom.uid.UID) -> None:
     frames = _ramp((2, ROWS, COLUMNS))
     path = _compressed(_dicom(tmp_path / "run.dcm", frames), syntax)
     assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == syntax
@@ -275,14 +259,10 @@ def test_missing_file_and_folder(tmp_path: Path) -> None:
 
 def test_unknown_formats(tmp_path: Path) -> None:
     (tmp_path / "view.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
-    with pytest.raises(
-        ImageReadError, match=r"unsupported image format '\.jpg'.*use TIFF, PNG, NPY"
-    ):
+    with pytest.raises(ImageReadError, match=r"unsupported image format '\.jpg'.*use TIFF, PNG, NPY"):
         read_xray_image(tmp_path / "view.jpg")
     (tmp_path / "IM0002").write_bytes(b"plain text")
-    with pytest.raises(
-        ImageReadError, match=r"not a DICOM file \(no 'DICM' preamble\) and has no extension"
-    ):
+    with pytest.raises(ImageReadError, match=r"not a DICOM file \(no 'DICM' preamble\) and has no extension"):
         frame_count(tmp_path / "IM0002")
 
 
@@ -298,21 +278,15 @@ def test_corrupt_files(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match=r"empty\.tif: holds no pixels"):
         read_xray_image(tmp_path / "empty.tif")
     (tmp_path / "bad.nrrd").write_bytes(b"garbage")
-    with pytest.raises(
-        ImageReadError, match=r"bad\.nrrd: cannot be read \(Unable to determine ImageIO reader"
-    ):
+    with pytest.raises(ImageReadError, match=r"bad\.nrrd: cannot be read \(Unable to determine ImageIO reader"):
         read_xray_image(tmp_path / "bad.nrrd")
 
 
 @pytest.mark.filterwarnings("ignore:Expected implicit VR")
-def test_invalid_dicom_and_unopenable_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_invalid_dicom_and_unopenable_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "bad.dcm"
     path.write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00ZZ\x04\x00abcd")
-    with pytest.raises(
-        ImageReadError, match=r"bad\.dcm: cannot be read \(not valid DICOM: Unknown Value Repr"
-    ):
+    with pytest.raises(ImageReadError, match=r"bad\.dcm: cannot be read \(not valid DICOM: Unknown Value Repr"):
         read_xray_image(path)
 
     def refuse(*args: object, **kwargs: object) -> None:
@@ -335,17 +309,13 @@ def test_images_that_are_not_2d_greyscale(tmp_path: Path) -> None:
         read_xray_image(tmp_path / "complex.npy")
     colour = np.zeros((ROWS, COLUMNS, 3), dtype=np.uint8)
     path = _dicom(tmp_path / "colour.dcm", colour, "RGB")
-    with pytest.raises(
-        ImageReadError, match=r"is a RGB image, not a greyscale X-ray.*MONOCHROME1 or MONOCHROME2"
-    ):
+    with pytest.raises(ImageReadError, match=r"is a RGB image, not a greyscale X-ray.*MONOCHROME1 or MONOCHROME2"):
         read_xray_image(path)
 
 
 def test_frame_of_a_single_frame_file(tmp_path: Path) -> None:
     np.save(tmp_path / "view.npy", np.zeros((3, 4)))
-    with pytest.raises(
-        ImageReadError, match=r"frame 1 is out of range: the file holds 1 frame\. remove views"
-    ):
+    with pytest.raises(ImageReadError, match=r"frame 1 is out of range: the file holds 1 frame\. remove views"):
         read_xray_image(tmp_path / "view.npy", frame=1)
 
 
@@ -371,18 +341,14 @@ def test_undecodable_dicom_pixel_data(tmp_path: Path) -> None:
     truncated = pydicom.dcmread(_dicom(tmp_path / "short.dcm", _ramp()))
     truncated.PixelData = truncated.PixelData[:100]
     truncated.save_as(tmp_path / "short.dcm")
-    with pytest.raises(
-        ImageReadError, match=r"Explicit VR Little Endian\) cannot be decoded.*probably truncated"
-    ):
+    with pytest.raises(ImageReadError, match=r"Explicit VR Little Endian\) cannot be decoded.*probably truncated"):
         read_xray_image(tmp_path / "short.dcm")
 
 
 # ----------------------------------------------------------------------------- writer
 
 
-def test_write_xray_image_round_trip_and_atomicity(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_write_xray_image_round_trip_and_atomicity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pixels = np.random.default_rng(3).normal(size=(ROWS, COLUMNS))
     path = tmp_path / "images" / "000.tif"
     write_xray_image(path, pixels)

@@ -97,14 +97,10 @@ def test_folder_with_several_series(tmp_path: Path) -> None:
     volume = _volume()
     _write_dicom_series(tmp_path, volume, first)
     _write_dicom_series(tmp_path, volume.with_array(volume.array + 1), second)
-    with pytest.raises(
-        VolumeIOError, match=rf"holds 2 DICOM series: .*{second}.*choose one with series_id"
-    ):
+    with pytest.raises(VolumeIOError, match=rf"holds 2 DICOM series: .*{second}.*choose one with series_id"):
         read_volume(tmp_path)
     np.testing.assert_array_equal(read_volume(tmp_path, series_id=second).array, volume.array + 1)
-    with pytest.raises(
-        VolumeIOError, match=rf"holds no DICOM series '1\.2\.3'\. available series: .*{first}"
-    ):
+    with pytest.raises(VolumeIOError, match=rf"holds no DICOM series '1\.2\.3'\. available series: .*{first}"):
         read_volume(tmp_path, series_id="1.2.3")
 
 
@@ -112,35 +108,25 @@ def test_series_with_an_odd_slice(tmp_path: Path) -> None:
     volume = _volume()
     series_uid = "1.2.826.0.1.3680043.8.498.5"
     _write_dicom_series(tmp_path / "ct", volume, series_uid)
-    smaller = Volume(
-        np.zeros((1, 3, 3)), volume.origin + 100 * OBLIQUE[:, 2], (0.7, 0.9, 2.5), OBLIQUE
-    )
+    smaller = Volume(np.zeros((1, 3, 3)), volume.origin + 100 * OBLIQUE[:, 2], (0.7, 0.9, 2.5), OBLIQUE)
     _write_dicom_series(tmp_path / "other", smaller, series_uid)
     (tmp_path / "other" / f"{series_uid}-000.dcm").rename(tmp_path / "ct" / "odd.dcm")
-    with pytest.raises(
-        VolumeIOError, match=r"its DICOM series cannot be read \(.+\)\. check that its slices"
-    ):
+    with pytest.raises(VolumeIOError, match=r"its DICOM series cannot be read \(.+\)\. check that its slices"):
         read_volume(tmp_path / "ct")
 
 
 def test_read_errors(tmp_path: Path) -> None:
     with pytest.raises(VolumeIOError, match=r"missing\.nrrd: does not exist"):
         read_volume(tmp_path / "missing.nrrd")
-    with pytest.raises(
-        VolumeIOError, match=r"holds no DICOM series\. give a volume file or the folder"
-    ):
+    with pytest.raises(VolumeIOError, match=r"holds no DICOM series\. give a volume file or the folder"):
         read_volume(tmp_path)
     (tmp_path / "volume.vtk").write_bytes(b"x")
-    with pytest.raises(
-        VolumeIOError, match=r"unsupported volume format '\.vtk'\. use \.nii, \.nii\.gz, \.nrrd"
-    ):
+    with pytest.raises(VolumeIOError, match=r"unsupported volume format '\.vtk'\. use \.nii, \.nii\.gz, \.nrrd"):
         read_volume(tmp_path / "volume.vtk")
     with pytest.raises(VolumeIOError, match=r"series_id was given for a file"):
         read_volume(tmp_path / "volume.vtk", series_id="1.2.3")
     (tmp_path / "broken.nii.gz").write_bytes(b"not a volume")
-    with pytest.raises(
-        VolumeIOError, match=r"broken\.nii\.gz: cannot be read \(Unable to determine ImageIO"
-    ):
+    with pytest.raises(VolumeIOError, match=r"broken\.nii\.gz: cannot be read \(Unable to determine ImageIO"):
         read_volume(tmp_path / "broken.nii.gz")
 
 

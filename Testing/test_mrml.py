@@ -11,12 +11,11 @@ slicer = pytest.importorskip("slicer", reason="needs the slicer-core package (pi
 if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the importable 'slicer' module has no MRML classes", allow_module_level=True)
 
-from IXGSReconstructionLib import mrml_bridge  # noqa: E402
-
 from ixgs_engine.geometry.anatomical import lps_to_ras_points, lps_to_ras_transform  # noqa: E402
 from ixgs_engine.geometry.roi import ROI  # noqa: E402
 from ixgs_engine.io.volumes import write_volume  # noqa: E402
 from ixgs_engine.volume import Volume  # noqa: E402
+from IXGSReconstructionLib import mrml_bridge  # noqa: E402
 
 OBLIQUE = Rotation.from_euler("zyx", [30.0, 10.0, -20.0], degrees=True).as_matrix()
 

@@ -49,8 +49,10 @@ def _unmirrored(matrix: np.ndarray) -> np.ndarray:
 
 def _same_camera(a: np.ndarray, b: np.ndarray) -> float:
     """Largest difference of two matrices normalized to unit third row and positive depth."""
-    return float(np.abs(normalize_projection_matrix(a) - normalize_projection_matrix(b)).max()
-                 / np.abs(normalize_projection_matrix(b)).max())
+    return float(
+        np.abs(normalize_projection_matrix(a) - normalize_projection_matrix(b)).max()
+        / np.abs(normalize_projection_matrix(b)).max()
+    )
 
 
 def _bead_rms(estimate: np.ndarray, truth: np.ndarray, points: np.ndarray) -> float:
@@ -67,9 +69,10 @@ def _background(seed: int = 0, noise: float = 0.01) -> np.ndarray:
 
 # --- phantom files ------------------------------------------------------------------------------
 
+
 def test_helix_code_orders_beads_and_round_trips(tmp_path):
     code = de_bruijn_code(5)
-    windows = {tuple(code[i:i + 5]) for i in range(len(code) - 4)}
+    windows = {tuple(code[i : i + 5]) for i in range(len(code) - 4)}
     assert len(windows) == len(code) - 4 == 32  # every window of 5 sizes occurs once
     path = write_phantom(tmp_path / "p.json", helix_phantom(24, intrinsics=CarmIntrinsics(1000.0, (0.3, 0.3))))
     again = read_phantom(path)
@@ -97,6 +100,7 @@ def test_phantom_file_errors_name_the_file(tmp_path):
 
 # --- bead rendering -------------------------------------------------------------------------------
 
+
 def test_bead_shadow_is_mu_times_chord_by_brute_force():
     P = _matrix(25.0, 10.0)
     image = render_beads(PHANTOM, P, SHAPE, supersample=1)
@@ -113,15 +117,21 @@ def test_bead_shadow_is_mu_times_chord_by_brute_force():
 
 # --- detection ------------------------------------------------------------------------------------
 
+
 def test_detection_finds_centres_to_a_tenth_of_a_pixel_and_ignores_an_edge():
     P = _matrix(0.0, 0.0)
     image = _background() + render_beads(PHANTOM, P, SHAPE)
     image[:, 48:] += 1.0  # a bone edge (step) through the bead pattern
     found = detect_beads(image, (1.0, 5.0))
     uv, radii, _ = projected_beads(P, PHANTOM)
-    separate = [i for i in range(PHANTOM.count)
-                if np.all(np.delete(np.linalg.norm(uv - uv[i], axis=1) - radii, i) > radii[i] + 2)
-                and abs(uv[i, 0] - 47.5) > radii[i] + 2 and 3 < uv[i, 0] < 92 and 3 < uv[i, 1] < 92]
+    separate = [
+        i
+        for i in range(PHANTOM.count)
+        if np.all(np.delete(np.linalg.norm(uv - uv[i], axis=1) - radii, i) > radii[i] + 2)
+        and abs(uv[i, 0] - 47.5) > radii[i] + 2
+        and 3 < uv[i, 0] < 92
+        and 3 < uv[i, 1] < 92
+    ]
     assert len(separate) >= 5
     errors = [np.min(np.linalg.norm(uv[i] - [[d.u, d.v] for d in found], axis=1)) for i in separate]
     assert max(errors) < 0.1
@@ -138,6 +148,7 @@ def test_blank_view_reports_no_beads(tmp_path):
 
 
 # --- PnP / DLT ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mirrored", [True, False])
 def test_pnp_recovers_the_matrix_of_a_mirrored_or_plain_detector(mirrored):
@@ -173,6 +184,7 @@ def test_dlt_recovers_the_matrix_and_polish_lowers_noisy_error():
 
 # --- correspondence ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mirrored", [True, False])
 def test_matching_survives_outliers_and_missing_beads(mirrored):
     truth = _matrix(70.0, -10.0, (4.0, 2.0, -6.0))
@@ -194,6 +206,7 @@ def test_matching_survives_outliers_and_missing_beads(mirrored):
 
 # --- joint refinement -------------------------------------------------------------------------------
 
+
 def test_joint_refinement_with_shared_intrinsics_beats_per_view_dlt():
     rng = np.random.default_rng(5)
     truths = [_matrix(a, b) for a, b in ((-80, 10), (-30, -20), (0, 25), (45, 5), (85, -15), (120, 20))]
@@ -208,8 +221,12 @@ def test_joint_refinement_with_shared_intrinsics_beats_per_view_dlt():
     grid = np.stack(np.meshgrid(*[np.linspace(-60, 60, 5)] * 3), axis=-1).reshape(-1, 3)
 
     def error(matrices):  # pixel error of a 3-D grid of points around the phantom, against the truth
-        return np.mean([np.mean(np.linalg.norm(project_points(P, grid)[0] - project_points(T, grid)[0], axis=1))
-                        for P, T in zip(matrices, truths, strict=True)])
+        return np.mean(
+            [
+                np.mean(np.linalg.norm(project_points(P, grid)[0] - project_points(T, grid)[0], axis=1))
+                for P, T in zip(matrices, truths, strict=True)
+            ]
+        )
 
     assert error(refined) < 0.8 * error(linear)
     known = CarmIntrinsics(1000.0, (3.0, 3.0)).matrix(SHAPE, False)
@@ -218,6 +235,7 @@ def test_joint_refinement_with_shared_intrinsics_beats_per_view_dlt():
 
 
 # --- inpainting -----------------------------------------------------------------------------------------
+
 
 def test_inpainting_removes_the_bead_contrast():
     P = _matrix(10.0, 5.0)
@@ -231,6 +249,7 @@ def test_inpainting_removes_the_bead_contrast():
 
 
 # --- scans and the command line -------------------------------------------------------------------------
+
 
 def _folder_digest(folder: Path) -> str:
     digest = hashlib.sha256()
@@ -247,8 +266,15 @@ def bead_scan(tmp_path_factory):
     folder = tmp_path_factory.mktemp("poses")
     anatomy = hu_to_attenuation(make_phantom("spine", (32, 32, 32), 6.0))
     truth = np.stack([_matrix(a, b) for a, b in ((-5, -20), (150, 10), (0, 0))])
-    phantom = helix_phantom(20, 25.0, 90.0, 2.0, (6.0, 10.0), center=(50.0, 0.0, 0.0),
-                            intrinsics=CarmIntrinsics(1000.0, (3.0, 3.0), None, True))
+    phantom = helix_phantom(
+        20,
+        25.0,
+        90.0,
+        2.0,
+        (6.0, 10.0),
+        center=(50.0, 0.0, 0.0),
+        intrinsics=CarmIntrinsics(1000.0, (3.0, 3.0), None, True),
+    )
     write_phantom(folder / "phantom.json", phantom)
     with_beads, without = write_bead_scan(folder / "scan", anatomy, phantom, truth, SHAPE, (3.0, 3.0), 1e5, seed=2)
     return folder, truth, phantom, with_beads - without, without
@@ -261,8 +287,22 @@ def test_cli_detect_then_estimate_writes_a_new_calibrated_scan(bead_scan, tmp_pa
     phantom_file = str(folder / "phantom.json")
     assert main(["poses", "detect", str(scan_dir), "--phantom", phantom_file, "-o", str(tmp_path / "d")]) == 0
     assert len(list((tmp_path / "d" / "overlays").glob("view_*.png"))) == 3
-    assert main(["poses", "estimate", str(scan_dir), "--phantom", str(folder / "phantom.json"), "-o",
-                 str(tmp_path / "out"), "--detections", str(tmp_path / "d" / "detections.json")]) == 0
+    assert (
+        main(
+            [
+                "poses",
+                "estimate",
+                str(scan_dir),
+                "--phantom",
+                str(folder / "phantom.json"),
+                "-o",
+                str(tmp_path / "out"),
+                "--detections",
+                str(tmp_path / "d" / "detections.json"),
+            ]
+        )
+        == 0
+    )
     assert "estimated 3/3 views" in capsys.readouterr().out
     assert _folder_digest(scan_dir) == before  # the input is never modified
     out = read_scan(tmp_path / "out")
@@ -294,8 +334,21 @@ def test_estimate_without_intrinsics_uses_dlt_and_manual_points(bead_scan, tmp_p
     pose = estimate_scan(scan, unknown, found)[0]
     assert pose.ok and sorted(b for b, _ in pose.pairs) == sorted(visible)
     assert _same_camera(pose.matrix, truth[1]) < 1e-4
-    assert main(["poses", "estimate", str(folder / "scan"), "--phantom", str(tmp_path / "unknown.json"), "-o",
-                 str(tmp_path / "out"), "--no-inpaint"]) == 0
+    assert (
+        main(
+            [
+                "poses",
+                "estimate",
+                str(folder / "scan"),
+                "--phantom",
+                str(tmp_path / "unknown.json"),
+                "-o",
+                str(tmp_path / "out"),
+                "--no-inpaint",
+            ]
+        )
+        == 0
+    )
     matrices = read_scan(tmp_path / "out").matrices
     assert all(_bead_rms(P, T, unknown.positions) < 0.5 for P, T in zip(matrices, truth, strict=True))
 
@@ -309,8 +362,20 @@ def test_bad_inputs_give_clear_messages(bead_scan, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "view 0 (images/000.tif): no beads found" in captured.out
     assert "no view got a pose" in captured.err and not (tmp_path / "o" / "scan.json").exists()
-    assert main(["poses", "detect", str(folder / "scan"), "--phantom", str(folder / "scan" / "scan.json"),
-                 "-o", str(tmp_path / "d")]) == 2
+    assert (
+        main(
+            [
+                "poses",
+                "detect",
+                str(folder / "scan"),
+                "--phantom",
+                str(folder / "scan" / "scan.json"),
+                "-o",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 2
+    )
     assert "not a bead phantom" in capsys.readouterr().err
     assert main(["poses", "estimate", str(folder / "scan"), "--phantom", phantom_file, "-o", str(folder / "scan")]) == 2
     assert "is the input scan folder" in capsys.readouterr().err

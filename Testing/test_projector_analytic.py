@@ -41,15 +41,24 @@ def analytic_line_integrals(P: np.ndarray, shape: tuple[int, int]) -> np.ndarray
 
 @pytest.mark.parametrize(
     "primary, secondary, offset, mirror",
-    [(0.0, 0.0, (0.0, 0.0), False), (37.0, -22.0, (0.0, 0.0), True), (-75.0, 31.0, (14.0, -9.0), False), (128.0, 5.0, (-6.0, 11.0), True)],
+    [
+        (0.0, 0.0, (0.0, 0.0), False),
+        (37.0, -22.0, (0.0, 0.0), True),
+        (-75.0, 31.0, (14.0, -9.0), False),
+        (128.0, 5.0, (-6.0, 11.0), True),
+    ],
 )
 def test_forward_projection_matches_closed_form(primary, secondary, offset, mirror):
     grid = oblique_grid()
     width, height = 40, 36
-    P = carm_projection_matrix(primary, secondary, 500.0, 900.0, Detector((width, height), (1.5, 1.5), offset), isocenter=CENTER)
+    P = carm_projection_matrix(
+        primary, secondary, 500.0, 900.0, Detector((width, height), (1.5, 1.5), offset), isocenter=CENTER
+    )
     if not mirror:  # the C-arm default is mirrored; flip u for a non-mirrored detector
         P = np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) @ P
-    ours = JosephProjector(grid, [P], (height, width), dtype=torch.float64).forward(torch.as_tensor(gaussian_blob(grid)))[0]
+    ours = JosephProjector(grid, [P], (height, width), dtype=torch.float64).forward(
+        torch.as_tensor(gaussian_blob(grid))
+    )[0]
     expected = analytic_line_integrals(P, (height, width))
     error = np.linalg.norm(ours.numpy() - expected) / np.linalg.norm(expected)
     assert error < 5e-3
@@ -57,7 +66,10 @@ def test_forward_projection_matches_closed_form(primary, secondary, offset, mirr
 
 def test_gradient_through_forward_is_the_adjoint():
     grid = VolumeGrid((10, 12, 14), origin=[-7.0, -6.0, -5.0], spacing=[1.0, 1.0, 1.0])
-    P = [carm_projection_matrix(a, b, 300.0, 500.0, Detector((20, 16), (1.5, 1.5), (2.0, 1.0))) for a, b in [(10, 5), (100, -30)]]
+    P = [
+        carm_projection_matrix(a, b, 300.0, 500.0, Detector((20, 16), (1.5, 1.5), (2.0, 1.0)))
+        for a, b in [(10, 5), (100, -30)]
+    ]
     projector = JosephProjector(grid, P, (16, 20), dtype=torch.float64)
     volume = torch.rand(grid.shape, dtype=torch.float64, requires_grad=True)
     weights = torch.rand(2, 16, 20, dtype=torch.float64)
@@ -76,7 +88,9 @@ def test_chunking_does_not_change_the_result():
 
 def test_shape_mismatch_is_reported():
     grid = VolumeGrid((8, 8, 8))
-    projector = JosephProjector(grid, [carm_projection_matrix(0, 0, 300.0, 500.0, Detector((8, 8), (1.0, 1.0)))], (8, 8))
+    projector = JosephProjector(
+        grid, [carm_projection_matrix(0, 0, 300.0, 500.0, Detector((8, 8), (1.0, 1.0)))], (8, 8)
+    )
     with pytest.raises(ValueError, match=r"volume shape \(8, 8, 9\) does not match the grid \(8, 8, 8\)"):
         projector.forward(torch.zeros(8, 8, 9))
     with pytest.raises(ValueError, match=r"projections shape \(2, 8, 8\) does not match \(1, 8, 8\)"):

@@ -24,8 +24,17 @@ from ixgs_engine.render.backend import get_backend
 from ixgs_engine.simulate import simulate_phantom_scan
 
 TINY = ReconstructionConfig(
-    iterations=24, views_per_step=2, init="random", num_gaussians=400, tv_size=8, tv_grid_size=24,
-    densify_from=8, densify_until=16, densify_interval=8, densify_grad_threshold=1e-6, checkpoint_every=10,
+    iterations=24,
+    views_per_step=2,
+    init="random",
+    num_gaussians=400,
+    tv_size=8,
+    tv_grid_size=24,
+    densify_from=8,
+    densify_until=16,
+    densify_interval=8,
+    densify_grad_threshold=1e-6,
+    checkpoint_every=10,
 )
 
 
@@ -77,7 +86,9 @@ def test_same_seed_same_result_and_loss_goes_down(tiny_data, tmp_path: Path):
     second = Trainer(tiny_data, TINY, backend, tmp_path / "b").run()
     torch.testing.assert_close(first.model.densities, second.model.densities, rtol=0, atol=0)
     other = Trainer(tiny_data, replace(TINY, seed=1), backend, tmp_path / "c").run()
-    assert other.model.positions.shape != first.model.positions.shape or not torch.equal(other.model.positions, first.model.positions)
+    assert other.model.positions.shape != first.model.positions.shape or not torch.equal(
+        other.model.positions, first.model.positions
+    )
     # The phantom has air around it: no Gaussians outside the ROI, so 24 steps show the descent.
     steady = Trainer(tiny_data, replace(TINY, densify_from=10_000, outside_share=0.0), backend, tmp_path / "d").run()
     assert steady.history[-1]["l1"] < 0.9 * steady.history[0]["l1"]
@@ -106,15 +117,35 @@ def test_checkpoint_problems_are_reported(tiny_data, tmp_path: Path):
     with pytest.raises(IXGSError, match="cannot read the checkpoint .*delete it to start over"):
         Trainer(tiny_data, TINY, backend, tmp_path).run(resume=True)
     Trainer(tiny_data, replace(TINY, iterations=2), backend, tmp_path / "other").run()
-    fewer = TrainingData(tiny_data.targets[:5], tiny_data.matrices[:5], tiny_data.world_matrices[:5], tiny_data.scene, tiny_data.roi)
+    fewer = TrainingData(
+        tiny_data.targets[:5], tiny_data.matrices[:5], tiny_data.world_matrices[:5], tiny_data.scene, tiny_data.roi
+    )
     with pytest.raises(IXGSError, match="belongs to a run with 8 views"):
         Trainer(fewer, TINY, backend, tmp_path / "other").run(resume=True)
 
 
 def test_reconstruct_command_writes_volume_with_world_geometry(tiny_scan, tmp_path: Path, capsys):
     folder, truth = tiny_scan
-    args = ["reconstruct", str(folder), "-o", str(tmp_path), "--preset", "fast", "--iterations", "30", "--gaussians", "1500",
-            "--device", "cpu", "--voxel-size", "8", "--threshold", "0.025", "--format", "nii.gz"]
+    args = [
+        "reconstruct",
+        str(folder),
+        "-o",
+        str(tmp_path),
+        "--preset",
+        "fast",
+        "--iterations",
+        "30",
+        "--gaussians",
+        "1500",
+        "--device",
+        "cpu",
+        "--voxel-size",
+        "8",
+        "--threshold",
+        "0.025",
+        "--format",
+        "nii.gz",
+    ]
     assert main(args) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("reconstructed 8 views in ") and "30 iterations" in line and line.endswith("volume.nii.gz")
@@ -171,8 +202,23 @@ def test_default_voxel_size_is_the_detector_pixel_at_the_roi_centre():
 
 
 def test_demo_command_end_to_end_on_tiny_settings(tmp_path: Path, capsys):
-    args = ["demo", "-o", str(tmp_path), "--views", "6", "--phantom-size", "24", "--detector-pixels", "40",
-            "--iterations", "10", "--gaussians", "500", "--device", "cpu"]
+    args = [
+        "demo",
+        "-o",
+        str(tmp_path),
+        "--views",
+        "6",
+        "--phantom-size",
+        "24",
+        "--detector-pixels",
+        "40",
+        "--iterations",
+        "10",
+        "--gaussians",
+        "500",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("demo: 6 views, PSNR ") and line.endswith("slices.png")
@@ -212,7 +258,18 @@ def test_auto_preset_follows_the_device_and_domain_settings_are_checked():
 
 def test_plain_reconstruct_names_its_preset_and_estimate_first(tiny_scan, tmp_path: Path, capsys):
     folder, _ = tiny_scan
-    args = ["reconstruct", str(folder), "-o", str(tmp_path), "--iterations", "4", "--gaussians", "300", "--device", "cpu"]
+    args = [
+        "reconstruct",
+        str(folder),
+        "-o",
+        str(tmp_path),
+        "--iterations",
+        "4",
+        "--gaussians",
+        "300",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     first = capsys.readouterr().err.strip().splitlines()[0]
     assert first.startswith("ixgs: preset cpu (auto) on cpu: 4 iterations, 8 views of 40x40 pixels, about ")
@@ -258,9 +315,19 @@ def test_gaussians_around_the_roi_carry_the_attenuation_outside_it(insitu_data, 
     true_mean = float(truth.array[grid_mask].mean())
     errors = {}
     for scale in (1.0, 2.5):
-        config = replace(preset("fast"), iterations=120, num_gaussians=3000, max_gaussians=6000, init_grid_size=24,
-                         densify_from=40, densify_until=100, densify_interval=30, domain_scale=scale,
-                         refine_scale=min(1.5, scale), outside_share=0.0 if scale == 1.0 else 0.3)
+        config = replace(
+            preset("fast"),
+            iterations=120,
+            num_gaussians=3000,
+            max_gaussians=6000,
+            init_grid_size=24,
+            densify_from=40,
+            densify_until=100,
+            densify_interval=30,
+            domain_scale=scale,
+            refine_scale=min(1.5, scale),
+            outside_share=0.0 if scale == 1.0 else 0.3,
+        )
         result = Trainer(data, config, backend, tmp_path / str(scale)).run()
         volume = voxelize_volume(result.model, data.scene, data.roi, truth.grid, backend)
         errors[scale] = abs(float(volume.array[grid_mask].mean()) / true_mean - 1.0)

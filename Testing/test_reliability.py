@@ -30,8 +30,17 @@ from ixgs_engine.render.backend import get_backend
 from ixgs_engine.simulate import simulate_phantom_scan
 
 TINY = ReconstructionConfig(
-    iterations=24, views_per_step=2, init="random", num_gaussians=400, tv_size=8, tv_grid_size=24,
-    densify_from=8, densify_until=16, densify_interval=8, densify_grad_threshold=1e-6, checkpoint_every=10,
+    iterations=24,
+    views_per_step=2,
+    init="random",
+    num_gaussians=400,
+    tv_size=8,
+    tv_grid_size=24,
+    densify_from=8,
+    densify_until=16,
+    densify_interval=8,
+    densify_grad_threshold=1e-6,
+    checkpoint_every=10,
 )
 PROGRESS_BAR = re.compile(r"\d+/\d+ \[")
 RUN = ["--preset", "fast", "--iterations", "24", "--gaussians", "500", "--device", "cpu", "--voxel-size", "8"]
@@ -141,12 +150,31 @@ def test_a_finished_run_is_not_replaced_without_overwrite(tiny_scan, uninterrupt
     assert (out / "volume.nrrd").read_bytes() == before
     # --resume keeps the checkpoint's settings and says which given ones it ignores; more
     # --iterations extend the run.
-    assert main(["reconstruct", str(tiny_scan[0]), "-o", str(out), "--resume", "--seed", "5", "--iterations", "30",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                str(tiny_scan[0]),
+                "-o",
+                str(out),
+                "--resume",
+                "--seed",
+                "5",
+                "--iterations",
+                "30",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "ignored: --seed 5" in err
     assert read_summary(out)["iterations"] == 30 and len(read_log(out)) == 30
-    assert main(["reconstruct", str(tiny_scan[0]), "-o", str(out), "--resume", "--iterations", "10", "--device", "cpu"]) == 2
+    assert (
+        main(["reconstruct", str(tiny_scan[0]), "-o", str(out), "--resume", "--iterations", "10", "--device", "cpu"])
+        == 2
+    )
     assert "has already done 30; give more" in capsys.readouterr().err
     assert main(["reconstruct", str(tiny_scan[0]), "-o", str(out), *RUN, "--overwrite"]) == 0
     assert read_summary(out)["iterations"] == 24
@@ -246,8 +274,22 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatc
         raise OSError(errno.ENOSPC, "No space left on device", str(target))
 
     monkeypatch.setattr(io.os, "replace", disk_full)
-    code = main(["simulate", "-o", str(tmp_path / "scan"), "--phantom-size", "16", "--views", "2",
-                 "--detector-pixels", "16", "16", "--pixel-size", "16"])
+    code = main(
+        [
+            "simulate",
+            "-o",
+            str(tmp_path / "scan"),
+            "--phantom-size",
+            "16",
+            "--views",
+            "2",
+            "--detector-pixels",
+            "16",
+            "16",
+            "--pixel-size",
+            "16",
+        ]
+    )
     line = _one_line_error(capsys, code)
     assert "No space left on device" in line and "free some space" in line
     left = [p for p in (tmp_path / "scan").rglob("*") if p.is_file()] if (tmp_path / "scan").exists() else []
@@ -270,7 +312,9 @@ def _damaged_scan(tiny_scan, tmp_path: Path, view: int, pixels) -> Path:
     ],
     ids=["all-zero", "raw-counts"],
 )
-def test_images_that_are_not_line_integrals_are_named_by_info_and_refused(tiny_scan, tmp_path, capsys, pixels, expected):
+def test_images_that_are_not_line_integrals_are_named_by_info_and_refused(
+    tiny_scan, tmp_path, capsys, pixels, expected
+):
     scan = _damaged_scan(tiny_scan, tmp_path, 3, pixels)
     assert main(["info", str(scan)]) == 1
     out = capsys.readouterr().out
@@ -297,7 +341,9 @@ def test_a_diverged_or_empty_reconstruction_is_not_written(tiny_scan, tmp_path, 
     from ixgs_engine.reconstruct import output
 
     real = output.voxelize_volume
-    monkeypatch.setattr(output, "voxelize_volume", lambda *a: real(*a).with_array(np.full(real(*a).shape, np.nan, np.float32)))
+    monkeypatch.setattr(
+        output, "voxelize_volume", lambda *a: real(*a).with_array(np.full(real(*a).shape, np.nan, np.float32))
+    )
     with pytest.raises(IXGSError, match="diverged"):
         pipeline.reconstruct_scan(tiny_scan[0], tmp_path, replace(TINY, iterations=2), "cpu", voxel_size=8.0)
     assert not (tmp_path / "volume.nrrd").exists() and not (tmp_path / "summary.json").exists()
@@ -306,8 +352,25 @@ def test_a_diverged_or_empty_reconstruction_is_not_written(tiny_scan, tmp_path, 
 def test_batch_names_the_failed_scan_and_still_writes_the_others(tiny_scan, tmp_path, capsys):
     broken = _damaged_scan(tiny_scan, tmp_path / "broken", 0, np.zeros_like)
     out = tmp_path / "batch"
-    code = main(["batch", str(tiny_scan[0]), str(broken), "-o", str(out), "--preset", "fast", "--iterations", "6",
-                 "--gaussians", "300", "--voxel-size", "8", "--device", "cpu"])
+    code = main(
+        [
+            "batch",
+            str(tiny_scan[0]),
+            str(broken),
+            "-o",
+            str(out),
+            "--preset",
+            "fast",
+            "--iterations",
+            "6",
+            "--gaussians",
+            "300",
+            "--voxel-size",
+            "8",
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "case scan-1: view 0" in err and "is zero everywhere" in err

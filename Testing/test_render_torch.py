@@ -196,7 +196,7 @@ def test_voxelizer_matches_direct_evaluation_and_subgrids(backend: RenderBackend
     affine = grid.index_to_world_matrix()
     points = np.stack([i, j, k], axis=-1).reshape(-1, 3) @ affine[:3, :3].T + affine[:3, 3]
     expected = np.zeros(len(points))
-    for mean, cov, rho in zip(means.numpy(), covariances.numpy(), densities.numpy()):
+    for mean, cov, rho in zip(means.numpy(), covariances.numpy(), densities.numpy(), strict=True):
         d = points - mean
         m2 = np.einsum("pi,ij,pj->p", d, np.linalg.inv(cov), d)
         expected += np.where(m2 < 9.0, rho * np.exp(-0.5 * m2), 0.0)
@@ -478,7 +478,9 @@ def test_backend_registry() -> None:
 
 
 # ----------------------------------------------------------------------------- support box
-def clipped_brute_force(P: np.ndarray, mean: np.ndarray, cov: np.ndarray, rho: float, half: np.ndarray, inside: bool) -> np.ndarray:
+def clipped_brute_force(
+    P: np.ndarray, mean: np.ndarray, cov: np.ndarray, rho: float, half: np.ndarray, inside: bool
+) -> np.ndarray:
     """Trapezoid line integrals of the Gaussian along every pixel's ray, counting only the
     samples inside the box of half-sizes ``half`` (or only those outside it)."""
     Pn = P / np.linalg.norm(P[2, :3])
@@ -519,8 +521,12 @@ def test_support_box_cuts_gaussians_at_its_faces(
     full = brute_force_line_integrals(P, mean, cov, 0.02)
     assert 0.05 * np.abs(full).sum() < np.abs(expected).sum() < 0.95 * np.abs(full).sum()  # the face really cuts it
     rendered = backend.render(
-        torch.tensor(mean)[None], torch.tensor(cov)[None], torch.tensor([0.02], dtype=torch.float64),
-        torch.tensor(P)[None], (IMAGE, IMAGE), support=half.tolist(),
+        torch.tensor(mean)[None],
+        torch.tensor(cov)[None],
+        torch.tensor([0.02], dtype=torch.float64),
+        torch.tensor(P)[None],
+        (IMAGE, IMAGE),
+        support=half.tolist(),
     )[0].numpy()
     centre = np.unravel_index(expected.argmax(), expected.shape)
     assert abs(rendered[centre] - expected[centre]) <= 0.01 * expected[centre]
@@ -581,7 +587,11 @@ def test_densify_and_prune_keep_the_domain_and_refine_only_near_the_roi() -> Non
     grad[0, :20] = 1e-3 / IMAGE  # 20 hot
     model.add_densification_stats(grad, (IMAGE, IMAGE))
     counts = model.densify_and_prune(
-        optimizer, grad_threshold=5e-5, scale_threshold=0.2, domain=(2.5, 2.5, 2.5), refined=(1.5, 1.5, 1.5),
+        optimizer,
+        grad_threshold=5e-5,
+        scale_threshold=0.2,
+        domain=(2.5, 2.5, 2.5),
+        refined=(1.5, 1.5, 1.5),
         generator=torch.Generator().manual_seed(1),
     )
     assert counts["cloned"] + counts["split"] == 10 and counts["pruned"] == 10

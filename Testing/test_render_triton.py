@@ -20,10 +20,10 @@ import torch
 
 import ixgs_engine.render
 from ixgs_engine.errors import IXGSError
+from ixgs_engine.gaussians import GaussianModel
 from ixgs_engine.geometry.carm import Detector, carm_projection_matrix
 from ixgs_engine.geometry.normalization import SceneNormalization
 from ixgs_engine.geometry.roi import ROI
-from ixgs_engine.gaussians import GaussianModel
 from ixgs_engine.io.scan import load_projections, read_scan
 from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData
@@ -39,8 +39,11 @@ if not CUDA:
     # Kernels on CPU tensors through Triton's interpreter. Triton reads the variable when it is first
     # imported (its own library functions are jit-decorated then) and at every launch.
     if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("triton was imported before TRITON_INTERPRET=1 was set: run this file on its own, "
-                    "or the suite with TRITON_INTERPRET=1", allow_module_level=True)
+        pytest.skip(
+            "triton was imported before TRITON_INTERPRET=1 was set: run this file on its own, "
+            "or the suite with TRITON_INTERPRET=1",
+            allow_module_level=True,
+        )
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
 from ixgs_engine.render import triton_kernels  # noqa: E402  (after the kernels' import mode is set)
@@ -149,8 +152,16 @@ def test_training_steps_follow_the_torch_backend(tmp_path) -> None:
     simulate_phantom_scan(tmp_path / "scan", "spine", 24, 8.0, 8, 40, 8.0)
     data = TrainingData.from_projections(load_projections(read_scan(tmp_path / "scan")), 1.0, DEVICE)
     config = ReconstructionConfig(
-        iterations=4, views_per_step=2, init="random", num_gaussians=100, tv_size=8, tv_grid_size=24,
-        densify_from=2, densify_until=4, densify_interval=2, densify_grad_threshold=1e-6,
+        iterations=4,
+        views_per_step=2,
+        init="random",
+        num_gaussians=100,
+        tv_size=8,
+        tv_grid_size=24,
+        densify_from=2,
+        densify_until=4,
+        densify_interval=2,
+        densify_grad_threshold=1e-6,
     )
     runs = [Trainer(data, config, b, tmp_path / b.name).run() for b in (TorchBackend(), TritonBackend())]
     assert runs[0].model.num_gaussians > config.num_gaussians  # densification ran

@@ -30,9 +30,29 @@ def report(tmp_path_factory) -> Path:
     truth = hu_to_attenuation(make_phantom("spine", (24, 24, 24), 8.0))
     setup = CarmSetup(detector=Detector((32, 32), (12.8, 12.8)))
     simulate_scan(folder / "scan", truth, arbitrary_poses(8, isocenter=tuple(truth.center())), setup)
-    assert main(["reconstruct", str(folder / "scan"), "-o", str(folder / "run"), "--preset", "fast",
-                 "--iterations", "20", "--gaussians", "400", "--holdout-every", "4", "--voxel-size", "8",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                str(folder / "scan"),
+                "-o",
+                str(folder / "run"),
+                "--preset",
+                "fast",
+                "--iterations",
+                "20",
+                "--gaussians",
+                "400",
+                "--holdout-every",
+                "4",
+                "--voxel-size",
+                "8",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     path, metrics = build_report(folder / "run", max_views=3)
     assert metrics["views"] == list(range(8))
     return path
@@ -78,8 +98,14 @@ def test_report_opens_in_headless_chromium_and_saves_ratings(report, tmp_path):
         page = browser.new_page(accept_downloads=True, viewport={"width": 1280, "height": 900})
         page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: errors.append(str(error)))
-        page.on("request", lambda request: errors.append(f"network: {request.url}")
-                if not request.url.startswith(("file:", "data:", "blob:")) else None)
+        page.on(
+            "request",
+            lambda request: (
+                errors.append(f"network: {request.url}")
+                if not request.url.startswith(("file:", "data:", "blob:"))
+                else None
+            ),
+        )
         page.goto(report.as_uri())
         loaded = page.evaluate("Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
         assert loaded == [True] * 4

@@ -28,7 +28,13 @@ def line_integral_images(count: int = 3) -> list[np.ndarray]:
 
 @pytest.fixture
 def scan_dir(tmp_path: Path) -> Path:
-    write_scan(tmp_path / "scan", line_integral_images(), matrices(), roi=ROI([0, 0, 0], [60, 60, 60]), pixel_spacing=(4.0, 4.0))
+    write_scan(
+        tmp_path / "scan",
+        line_integral_images(),
+        matrices(),
+        roi=ROI([0, 0, 0], [60, 60, 60]),
+        pixel_spacing=(4.0, 4.0),
+    )
     return tmp_path / "scan"
 
 
@@ -76,7 +82,10 @@ def test_readers_write_nothing_into_the_scan_folder(scan_dir: Path):
 def test_circular_geometry_expands_to_per_view_matrices(tmp_path: Path):
     angles = [0.0, 90.0, 180.0]
     geometry = {
-        "type": "circular", "source_to_isocenter": 600, "source_to_detector": 1000, "angles_deg": angles,
+        "type": "circular",
+        "source_to_isocenter": 600,
+        "source_to_detector": 1000,
+        "angles_deg": angles,
         "detector": {"pixels": [32, 24], "pixel_spacing": [4.0, 4.0], "offset": [8.0, -4.0]},
     }
     write_scan(tmp_path, line_integral_images(), matrices(), geometry=geometry)
@@ -89,7 +98,13 @@ def test_circular_geometry_expands_to_per_view_matrices(tmp_path: Path):
 
 def test_intensity_images_become_line_integrals(tmp_path: Path):
     truth = line_integral_images()
-    write_scan(tmp_path, [1000.0 * np.exp(-p) for p in truth], matrices(), image_kind="intensity", roi=ROI([0, 0, 0], [60, 60, 60]))
+    write_scan(
+        tmp_path,
+        [1000.0 * np.exp(-p) for p in truth],
+        matrices(),
+        image_kind="intensity",
+        roi=ROI([0, 0, 0], [60, 60, 60]),
+    )
     edit(tmp_path, lambda d: d.update(i0=1000.0))
     np.testing.assert_allclose(load_projections(read_scan(tmp_path)).values, np.stack(truth), atol=1e-5)
     # A per-view i0 overrides the scene's.
@@ -101,7 +116,13 @@ def test_intensity_i0_is_estimated_from_unattenuated_pixels(tmp_path: Path):
     truth = line_integral_images()
     for image in truth:
         image[:, :4] = 0.0  # a strip of air in every view
-    write_scan(tmp_path, [800.0 * np.exp(-p) for p in truth], matrices(), image_kind="intensity", roi=ROI([0, 0, 0], [60, 60, 60]))
+    write_scan(
+        tmp_path,
+        [800.0 * np.exp(-p) for p in truth],
+        matrices(),
+        image_kind="intensity",
+        roi=ROI([0, 0, 0], [60, 60, 60]),
+    )
     np.testing.assert_allclose(load_projections(read_scan(tmp_path)).values, np.stack(truth), atol=1e-4)
 
 
@@ -124,8 +145,14 @@ def test_default_roi_is_derived_when_absent(tmp_path: Path):
         (lambda d: d.update(views=[]), r'"views" must be a non-empty list'),
         (lambda d: d["views"][1].pop("image"), r'view 1: each view needs an "image" path'),
         (lambda d: d["views"][2].pop("projection_matrix"), r'view 2 \(images/002.tif\): has no "projection_matrix"'),
-        (lambda d: d["views"][0].update(projection_matrix=[[1, 2, 3]]), r"view 0 \(images/000.tif\): bad projection_matrix: .*3x4"),
-        (lambda d: d["views"][1].update(projection_matrix=[[1, 0, 0, None]] * 3), r"view 1 \(images/001.tif\): bad projection_matrix"),
+        (
+            lambda d: d["views"][0].update(projection_matrix=[[1, 2, 3]]),
+            r"view 0 \(images/000.tif\): bad projection_matrix: .*3x4",
+        ),
+        (
+            lambda d: d["views"][1].update(projection_matrix=[[1, 0, 0, None]] * 3),
+            r"view 1 \(images/001.tif\): bad projection_matrix",
+        ),
         (lambda d: d["views"][1].update(projection_matrix=[[float("nan")] * 4] * 3), r"view 1 .*non-finite"),
         (lambda d: d["views"][2].update(projection_matrix=[[1, 0, 0, 0]] * 3), r"view 2 .*singular"),
         (lambda d: d["views"][0].update(pixel_spacing=[1.0, -1.0]), r"view 0 .*pixel_spacing must be positive"),
@@ -136,10 +163,17 @@ def test_default_roi_is_derived_when_absent(tmp_path: Path):
         (lambda d: d.update(roi={"center": [0, 0, 0]}), r'"roi" needs "center" and "size"'),
         (lambda d: d.update(roi={"center": [0, 0], "size": [1, 1, 1]}), r'"roi.center" must be 3 finite numbers'),
         (lambda d: d.update(roi={"center": [0, 0, 0], "size": [1, 0, 1]}), r'"roi": ROI size must be positive'),
-        (lambda d: d.update(roi={"center": [0, 0, 0], "size": [1, 1, 1], "direction": [[1, 1, 0], [0, 1, 0], [0, 0, 1]]}),
-         r'"roi": ROI direction must be an orthonormal'),
+        (
+            lambda d: d.update(
+                roi={"center": [0, 0, 0], "size": [1, 1, 1], "direction": [[1, 1, 0], [0, 1, 0], [0, 0, 1]]}
+            ),
+            r'"roi": ROI direction must be an orthonormal',
+        ),
         (lambda d: d.update(geometry={"type": "helical"}), r'"geometry.type" must be "circular"'),
-        (lambda d: d.update(geometry={"type": "circular", "angles_deg": [0]}), r'"geometry" lacks source_to_isocenter, source_to_detector, detector'),
+        (
+            lambda d: d.update(geometry={"type": "circular", "angles_deg": [0]}),
+            r'"geometry" lacks source_to_isocenter, source_to_detector, detector',
+        ),
     ],
 )
 def test_scan_json_problems_have_clear_messages(scan_dir: Path, change, message):
@@ -149,8 +183,13 @@ def test_scan_json_problems_have_clear_messages(scan_dir: Path, change, message)
 
 
 def circular_block(angles) -> dict:
-    return {"type": "circular", "source_to_isocenter": 600, "source_to_detector": 1000, "angles_deg": angles,
-            "detector": {"pixels": [32, 24], "pixel_spacing": [4.0, 4.0]}}
+    return {
+        "type": "circular",
+        "source_to_isocenter": 600,
+        "source_to_detector": 1000,
+        "angles_deg": angles,
+        "detector": {"pixels": [32, 24], "pixel_spacing": [4.0, 4.0]},
+    }
 
 
 def test_geometry_angle_count_must_match_views(scan_dir: Path):
@@ -166,7 +205,9 @@ def test_geometry_angle_count_must_match_views(scan_dir: Path):
 
 def test_geometry_and_matrices_together_are_rejected(scan_dir: Path):
     edit(scan_dir, lambda d: d.update(geometry=circular_block([0, 90, 180])))
-    with pytest.raises(ScanError, match=r'view 0 \(images/000.tif\): has a "projection_matrix" and the scan a "geometry"'):
+    with pytest.raises(
+        ScanError, match=r'view 0 \(images/000.tif\): has a "projection_matrix" and the scan a "geometry"'
+    ):
         read_scan(scan_dir)
 
 
@@ -216,7 +257,9 @@ def test_image_size_must_agree_between_views(scan_dir: Path):
 def test_image_size_must_agree_with_circular_detector(tmp_path: Path):
     geometry = circular_block([0, 90, 180]) | {"detector": {"pixels": [30, 24], "pixel_spacing": [4.0, 4.0]}}
     write_scan(tmp_path, line_integral_images(), matrices(), geometry=geometry)
-    with pytest.raises(ScanError, match=r"view 0 \(images/000.tif\): image is 32x24 \(WxH\) but geometry.detector.pixels is 30x24"):
+    with pytest.raises(
+        ScanError, match=r"view 0 \(images/000.tif\): image is 32x24 \(WxH\) but geometry.detector.pixels is 30x24"
+    ):
         load_projections(read_scan(tmp_path))
 
 
@@ -231,7 +274,9 @@ def test_non_finite_pixels(scan_dir: Path):
 
 def test_negative_line_integrals_beyond_noise(scan_dir: Path):
     write_xray_image(scan_dir / "images" / "002.tif", -line_integral_images()[2])
-    with pytest.raises(ScanError, match=r"view 2 \(images/002.tif\): 100.0 % of the pixels are negative line integrals"):
+    with pytest.raises(
+        ScanError, match=r"view 2 \(images/002.tif\): 100.0 % of the pixels are negative line integrals"
+    ):
         load_projections(read_scan(scan_dir))
 
 

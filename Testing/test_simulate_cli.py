@@ -16,7 +16,19 @@ from ixgs_engine.phantoms import make_phantom
 from ixgs_engine.projector.joseph import JosephProjector
 from ixgs_engine.simulate import add_poisson_noise, arbitrary_poses, circular_poses
 
-SMALL = ["--phantom-size", "32", "--phantom-spacing", "6", "--views", "6", "--detector-pixels", "48", "40", "--pixel-size", "8"]
+SMALL = [
+    "--phantom-size",
+    "32",
+    "--phantom-spacing",
+    "6",
+    "--views",
+    "6",
+    "--detector-pixels",
+    "48",
+    "40",
+    "--pixel-size",
+    "8",
+]
 
 
 def test_simulate_arbitrary_writes_a_consistent_scan(tmp_path: Path, capsys):
@@ -54,8 +66,24 @@ def test_simulate_a_volume_file_in_hounsfield_units(tmp_path: Path, capsys):
     hu = make_phantom("shepp-logan", (24, 24, 24), 5.0)
     hu.origin = hu.origin + np.array([10.0, -20.0, 30.0])
     write_volume(tmp_path / "ct.nrrd", hu)
-    assert main(["simulate", str(tmp_path / "ct.nrrd"), "-o", str(tmp_path / "scan"), "--views", "4",
-                 "--detector-pixels", "40", "40", "--pixel-size", "8"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                str(tmp_path / "ct.nrrd"),
+                "-o",
+                str(tmp_path / "scan"),
+                "--views",
+                "4",
+                "--detector-pixels",
+                "40",
+                "40",
+                "--pixel-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     assert "(HU)" in capsys.readouterr().out
     truth = read_volume(tmp_path / "scan" / "ground_truth.nrrd")
     np.testing.assert_allclose(truth.origin, hu.origin)
@@ -105,5 +133,7 @@ def test_info_on_a_folder_without_scan(tmp_path: Path, capsys):
 
 
 def test_module_entry_point():
-    result = subprocess.run([sys.executable, "-m", "ixgs_engine", "--version"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "ixgs_engine", "--version"], capture_output=True, text=True, check=True
+    )
     assert result.stdout.startswith("ixgs ")

@@ -24,7 +24,6 @@ from ixgs_engine.geometry.roi import ROI
 from ixgs_engine.io.scan import load_projections, read_scan, write_scan
 from ixgs_engine.io.xray_images import write_xray_image
 from ixgs_engine.poses.detection import read_points
-
 from IXGSReconstructionLib import dependencies, engine_process, points_file, scan_files  # on the path: conftest.py
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,8 +55,9 @@ def test_cmake_lists_every_script_and_resource(module):
     resources = cmake_list(text, "MODULE_PYTHON_RESOURCES", module)
     on_disk = {p.relative_to(ROOT / module).as_posix() for p in module_python_files(module)}
     assert scripts == on_disk
-    resource_files = {p.relative_to(ROOT / module).as_posix() for p in (ROOT / module / "Resources").rglob("*")
-                      if p.is_file()}
+    resource_files = {
+        p.relative_to(ROOT / module).as_posix() for p in (ROOT / module / "Resources").rglob("*") if p.is_file()
+    }
     assert resources == resource_files
     assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
     top = (ROOT / "CMakeLists.txt").read_text()
@@ -83,8 +83,9 @@ def test_extension_metadata_and_index_entry_agree():
 def parameter_node_fields(source: str) -> set[str]:
     """Annotated fields of the class decorated with @parameterNodeWrapper."""
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ClassDef) and any(getattr(d, "id", None) == "parameterNodeWrapper"
-                                                  for d in node.decorator_list):
+        if isinstance(node, ast.ClassDef) and any(
+            getattr(d, "id", None) == "parameterNodeWrapper" for d in node.decorator_list
+        ):
             return {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
     raise AssertionError("no @parameterNodeWrapper class")
 
@@ -93,8 +94,13 @@ def ui_widget_names(source: str) -> set[str]:
     """Names used as ``self.ui.<name>`` in a module."""
     names = set()
     for node in ast.walk(ast.parse(source)):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui"
-                and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "ui"
+            and isinstance(node.value.value, ast.Name)
+            and node.value.value.id == "self"
+        ):
             names.add(node.attr)
     return names
 
@@ -106,16 +112,22 @@ def test_ui_file_parses_and_matches_the_widget_and_parameter_node(module):
     assert root.tag == "ui" and root.findtext("class") == module
     assert root.find("widget").get("class") == "qMRMLWidget"
     widgets = {w.get("name"): w for w in root.iter("widget")}
-    bound = {w.find("property[@name='SlicerParameterName']/string").text
-             for w in widgets.values() if w.find("property[@name='SlicerParameterName']") is not None}
+    bound = {
+        w.find("property[@name='SlicerParameterName']/string").text
+        for w in widgets.values()
+        if w.find("property[@name='SlicerParameterName']") is not None
+    }
     source = (ROOT / module / f"{module}.py").read_text()
     fields = parameter_node_fields(source)
     assert bound <= fields, f"widgets bound to unknown parameters: {bound - fields}"
     missing = ui_widget_names(source) - set(widgets)
     assert not missing, f"the code uses widgets the .ui lacks: {missing}"
     for combo in (w for w in widgets.values() if w.get("class") == "qMRMLNodeComboBox"):
-        receivers = {c.findtext("receiver") for c in root.iter("connection")
-                     if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"}
+        receivers = {
+            c.findtext("receiver")
+            for c in root.iter("connection")
+            if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+        }
         assert combo.get("name") in receivers, f"{combo.get('name')} never gets the scene"
     assert f'self.resourcePath("UI/{module}.ui")' in source and "uiWidget.setMRMLScene(slicer.mrmlScene)" in source
     with Image.open(ROOT / module / "Resources" / "Icons" / f"{module}.png") as icon:
@@ -139,8 +151,12 @@ def test_module_level_imports_need_only_what_slicer_bundles():
     assert completed.returncode == 0, completed.stderr[-2000:]
     for module in MODULES:
         tree = ast.parse((ROOT / module / f"{module}.py").read_text())
-        top_level = {alias.name for node in tree.body if isinstance(node, ast.ImportFrom)
-                     and node.module == "IXGSReconstructionLib" for alias in node.names}
+        top_level = {
+            alias.name
+            for node in tree.body
+            if isinstance(node, ast.ImportFrom) and node.module == "IXGSReconstructionLib"
+            for alias in node.names
+        }
         assert top_level <= {"dependencies", "engine_process", "mrml_bridge", "points_file"}, top_level
 
 
@@ -149,19 +165,34 @@ def test_engine_process_reads_progress_and_summary_of_a_real_run(tmp_path):
     chunks (as a pipe delivers it) to the reader the GUI uses."""
     environment = engine_process.engine_environment(engine_parent=ROOT)
     environment["OMP_NUM_THREADS"] = "1"
-    simulate = ["simulate", "-o", str(tmp_path / "scan"), "--phantom-size", "24", "--phantom-spacing", "8",
-                "--views", "5", "--detector-pixels", "40", "40", "--pixel-size", "8"]
+    simulate = [
+        "simulate",
+        "-o",
+        str(tmp_path / "scan"),
+        "--phantom-size",
+        "24",
+        "--phantom-spacing",
+        "8",
+        "--views",
+        "5",
+        "--detector-pixels",
+        "40",
+        "40",
+        "--pixel-size",
+        "8",
+    ]
     reconstruct = engine_process.reconstruct_arguments(tmp_path / "scan", tmp_path / "run", "fast", "cpu", 8, 8.0)
     assert build_parser().parse_args(reconstruct).iterations == 8
     for arguments in (simulate, reconstruct + ["--gaussians", "300"]):
-        completed = subprocess.run(engine_process.engine_command(arguments), env=environment, capture_output=True,
-                                   timeout=300)
+        completed = subprocess.run(
+            engine_process.engine_command(arguments), env=environment, capture_output=True, timeout=300
+        )
         assert completed.returncode == 0, completed.stderr.decode()[-2000:]
         reader = engine_process.OutputReader()
         stream = completed.stderr + completed.stdout
         events = []
         for start in range(0, len(stream), 37):
-            events += reader.feed(stream[start:start + 37])[0]
+            events += reader.feed(stream[start : start + 37])[0]
         events += reader.finish()[0]
         assert events and events[-1].done == events[-1].total and events[-1].fraction == 1.0
         assert [e.done for e in events] == sorted(e.done for e in events)
@@ -183,16 +214,25 @@ def test_cancel_through_the_modules_command_then_resume_gives_the_uninterrupted_
     extra = ["--gaussians", "300", "--seed", "3"]
 
     def arguments(run: str, resume: bool = False) -> list[str]:
-        return [*engine_process.reconstruct_arguments(tmp_path / "scan", tmp_path / run, "fast", "cpu", 100, 8.0,
-                                                      resume=resume), *extra]
+        return [
+            *engine_process.reconstruct_arguments(
+                tmp_path / "scan", tmp_path / run, "fast", "cpu", 100, 8.0, resume=resume
+            ),
+            *extra,
+        ]
 
-    whole = subprocess.run(engine_process.engine_command(arguments("whole")), env=environment,
-                           capture_output=True, timeout=300)
+    whole = subprocess.run(
+        engine_process.engine_command(arguments("whole")), env=environment, capture_output=True, timeout=300
+    )
     assert whole.returncode == 0, whole.stderr.decode()[-2000:]
     cancel = engine_process.cancel_file_in(arguments("cut"))
     assert cancel == tmp_path / "cut" / engine_process.CANCEL_FILE_NAME
-    process = subprocess.Popen(engine_process.engine_command(arguments("cut")), env=environment,
-                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        engine_process.engine_command(arguments("cut")),
+        env=environment,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
     reader = engine_process.OutputReader()
     for line in process.stderr:  # cancel once training has made some progress
         events, _ = reader.feed(line)
@@ -203,11 +243,13 @@ def test_cancel_through_the_modules_command_then_resume_gives_the_uninterrupted_
     assert process.returncode == 130, rest.decode()[-2000:]
     assert "resume with --resume" in rest.decode()
     cancel.unlink()  # as the module's job does before it starts the next run
-    resumed = subprocess.run(engine_process.engine_command(arguments("cut", resume=True)), env=environment,
-                             capture_output=True, timeout=300)
+    resumed = subprocess.run(
+        engine_process.engine_command(arguments("cut", resume=True)), env=environment, capture_output=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
-    assert np.array_equal(read_volume(tmp_path / "cut" / "volume.nrrd").array,
-                          read_volume(tmp_path / "whole" / "volume.nrrd").array)
+    assert np.array_equal(
+        read_volume(tmp_path / "cut" / "volume.nrrd").array, read_volume(tmp_path / "whole" / "volume.nrrd").array
+    )
 
 
 def test_progress_lines_are_told_from_other_output():
@@ -231,8 +273,15 @@ def test_engine_environment_and_commands(tmp_path):
 
 def test_dependencies_never_touch_slicers_packages_and_find_the_engine(tmp_path):
     requirements = dependencies.engine_requirements(ROOT)
-    installed = {"numpy": "2.0.2", "scipy": "1.13.1", "SimpleITK": "2.4.0", "pydicom": "2.4.4", "pillow": "11.2.1",
-                 "tifffile": "2022.1.1", "tqdm": "4.66.0"}
+    installed = {
+        "numpy": "2.0.2",
+        "scipy": "1.13.1",
+        "SimpleITK": "2.4.0",
+        "pydicom": "2.4.4",
+        "pillow": "11.2.1",
+        "tifffile": "2022.1.1",
+        "tqdm": "4.66.0",
+    }
     missing = dependencies.missing_requirements(requirements, version_of=installed.get)
     names = {Requirement(spec).name for spec in missing}
     assert not names & {"numpy", "scipy", "SimpleITK", "pydicom", "pillow", "torch"}
@@ -275,7 +324,10 @@ def test_missing_requirements_reports_a_missing_cv2():
     def without_opencv(name):
         return None if name == "opencv-python-headless" else dependencies.installed_version(name)
 
-    assert any(spec.startswith("opencv-python-headless") for spec in dependencies.missing_requirements(requirements, without_opencv))
+    assert any(
+        spec.startswith("opencv-python-headless")
+        for spec in dependencies.missing_requirements(requirements, without_opencv)
+    )
     assert not any(spec.startswith("opencv") for spec in dependencies.missing_requirements(requirements))
     torch = dependencies.torch_requirement(requirements)
     assert torch is not None and torch.startswith(">=")
@@ -285,6 +337,7 @@ def test_the_module_installs_what_pyproject_declares_and_that_covers_every_engin
     """One source of truth: the modules' list is pyproject.toml's, and every third-party package
     the engine imports (at any depth) is declared there (run-time) or in an extra (optional)."""
     import importlib.metadata
+
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -335,8 +388,11 @@ def test_build_scan_from_images_and_matrix_files(tmp_path):
         matrix_files.append(path)
     scan_files.build_scan(tmp_path / "scan", images, matrix_files, "line_integral")
     scan = read_scan(tmp_path / "scan")
-    np.testing.assert_allclose([normalize_projection_matrix(m) for m in scan.matrices],
-                               [normalize_projection_matrix(m) for m in matrices], atol=1e-9)
+    np.testing.assert_allclose(
+        [normalize_projection_matrix(m) for m in scan.matrices],
+        [normalize_projection_matrix(m) for m in matrices],
+        atol=1e-9,
+    )
     projections = load_projections(scan)
     np.testing.assert_array_equal(projections.values[2], np.asarray(Image.open(images[2]), dtype=np.float32))
     scan_files.build_scan(tmp_path / "uncalibrated", images, None, "radiograph")
@@ -361,8 +417,7 @@ def test_scan_with_roi_points_at_the_original_images(tmp_path):
 
 
 def test_points_json_is_read_by_the_pose_engine(tmp_path):
-    points = {0: [{"u": 10.5, "v": 3.25, "bead": 2}, {"u": 1.0, "v": 2.0}], 3: [{"u": 5.0, "v": 6.0, "bead": 0}],
-              2: []}
+    points = {0: [{"u": 10.5, "v": 3.25, "bead": 2}, {"u": 1.0, "v": 2.0}], 3: [{"u": 5.0, "v": 6.0, "bead": 0}], 2: []}
     path = points_file.write_points_json(tmp_path / "points.json", points)
     parsed = read_points(path, view_count=4, bead_count=5)
     assert sorted(parsed) == [0, 3]
@@ -396,8 +451,42 @@ def test_standardize_arguments_follow_the_command_line_contract(tmp_path):
     train = engine_process.standardize_train_arguments(tmp_path, tmp_path / "m.pt", "paper", 5, True)
     parsed = build_parser().parse_args(train)
     assert (parsed.pairs, parsed.output, parsed.config, parsed.steps, parsed.resume) == (
-        str(tmp_path), str(tmp_path / "m.pt"), "paper", 5, True)
+        str(tmp_path),
+        str(tmp_path / "m.pt"),
+        "paper",
+        5,
+        True,
+    )
     default_steps = engine_process.standardize_train_arguments(tmp_path, "m.pt", "light")
     assert build_parser().parse_args(default_steps).steps is None
     apply = build_parser().parse_args(engine_process.standardize_apply_arguments("m.pt", tmp_path, "out"))
     assert (apply.model, apply.scan, apply.output, apply.overwrite) == ("m.pt", str(tmp_path), "out", True)
+
+
+def test_picked_files_are_in_view_order_and_dicom_series_never_hide_each_other():
+    picked = ["/x/view10.dcm", "/x/View2.dcm", "/x/view1.dcm", "/x/view2b.dcm"]
+    assert scan_files.natural_order(picked) == ["/x/view1.dcm", "/x/View2.dcm", "/x/view2b.dcm", "/x/view10.dcm"]
+    numbers = {"a/1.dcm": "3", "a/2.dcm": "1", "a/3.dcm": "", "a/4.dcm": "2", "b/9.dcm": "1", "b/10.dcm": "2"}
+    choices = scan_files.dicom_series_choices(
+        [
+            ("Doe: XA run (4 images)", ["a/1.dcm", "a/2.dcm", "a/3.dcm", "a/4.dcm"]),
+            ("Doe: XA run (2 images)", ["b/10.dcm", "b/9.dcm"]),
+            ("Doe: XA run (4 images)", ["a/2.dcm"]),
+        ],
+        numbers.get,
+    )
+    assert [label for label, _files in choices] == [
+        "Doe: XA run (4 images)",
+        "Doe: XA run (2 images)",
+        "Doe: XA run (4 images) (2)",
+    ]
+    assert choices[0][1] == ["a/2.dcm", "a/4.dcm", "a/1.dcm", "a/3.dcm"]  # by Instance Number, unnumbered last
+    assert choices[1][1] == ["b/9.dcm", "b/10.dcm"]
+
+
+def test_the_model_to_write_field_offers_a_save_dialog():
+    """ctkPathLineEdit opens a Save dialog (a new file can be named) only with Files|Writable."""
+    tree = ElementTree.parse(ROOT / "IXGSStandardize" / "Resources" / "UI" / "IXGSStandardize.ui")
+    widget = tree.find(".//widget[@name='trainModelPathLineEdit']")
+    filters = widget.find("property[@name='filters']/set").text
+    assert "ctkPathLineEdit::Writable" in filters and "ctkPathLineEdit::Files" in filters

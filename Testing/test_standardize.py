@@ -21,8 +21,20 @@ from ixgs_engine.standardize.pairs import bone_enhanced_from_basis, read_pairs, 
 from ixgs_engine.standardize.radiograph import RadiographParams, polychromatic_transmission, simulate_radiograph
 from ixgs_engine.standardize.spectrum import BONE, WATER, decompose_hu, mass_attenuation, tube_spectrum
 
-TINY = Pix2PixConfig("tiny", base_channels=4, depth=3, max_channels=16, disc_channels=4, disc_layers=2,
-                     dropout=0.0, batch_size=2, steps=4, crop=0, validate_every=2, checkpoint_every=2)
+TINY = Pix2PixConfig(
+    "tiny",
+    base_channels=4,
+    depth=3,
+    max_channels=16,
+    disc_channels=4,
+    disc_layers=2,
+    dropout=0.0,
+    batch_size=2,
+    steps=4,
+    crop=0,
+    validate_every=2,
+    checkpoint_every=2,
+)
 NOISELESS = 1e12  # photons: Poisson noise far below every effect a test looks at
 
 
@@ -37,7 +49,7 @@ def _patterned() -> tuple[np.ndarray, np.ndarray]:
     water[:, 8:56] = 180.0
     bone = np.zeros((64, 64))
     for row in range(10, 60, 12):
-        bone[row:row + 5, 20:44] = 1.85 * 25.0
+        bone[row : row + 5, 20:44] = 1.85 * 25.0
     return water, bone
 
 
@@ -58,8 +70,9 @@ def test_hu_decomposition_reproduces_the_ct_at_the_reference_energy():
     water, bone = decompose_hu(hu)
     assert np.all(water >= 0) and np.all(bone >= 0) and np.all(bone[hu <= 0] == 0)
     mu_water = mass_attenuation(WATER, 70.0) / 10.0
-    np.testing.assert_allclose(bone_enhanced_from_basis(water, bone, 1.0), mu_water * (1 + hu / 1000), rtol=1e-4,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        bone_enhanced_from_basis(water, bone, 1.0), mu_water * (1 + hu / 1000), rtol=1e-4, atol=1e-7
+    )
     enhanced = bone_enhanced_from_basis(water, bone, 3.0)
     assert np.all(enhanced[hu > 100] > bone_enhanced_from_basis(water, bone, 1.0)[hu > 100])
 
@@ -97,8 +110,12 @@ def test_inversion_flips_the_display_values():
 
 def test_collimation_masks_the_field_and_shutters_look_dense():
     water, bone = _patterned()
-    params = RadiographParams(exposure=NOISELESS, collimation=(0.0, 0.125, 0.0, 0.5), collimator_transmission=0.005,
-                              window_percentiles=(0, 99))
+    params = RadiographParams(
+        exposure=NOISELESS,
+        collimation=(0.0, 0.125, 0.0, 0.5),
+        collimator_transmission=0.005,
+        window_percentiles=(0, 99),
+    )
     simulated = simulate_radiograph(water, bone, params, np.random.default_rng(0))
     expected = np.zeros((64, 64), bool)
     expected[:32, :56] = True
@@ -115,8 +132,9 @@ def test_scatter_adds_a_smooth_positive_offset():
     water, bone = _patterned()
     params = RadiographParams(exposure=NOISELESS, scatter_sigma_px=12.0)
     clean = simulate_radiograph(water, bone, params, np.random.default_rng(0)).signal.astype(np.float64)
-    scattered = simulate_radiograph(water, bone, replace(params, scatter_fraction=0.3),
-                                    np.random.default_rng(0)).signal.astype(np.float64)
+    scattered = simulate_radiograph(
+        water, bone, replace(params, scatter_fraction=0.3), np.random.default_rng(0)
+    ).signal.astype(np.float64)
     offset = scattered - clean
     assert offset.min() > 0
     inner = (slice(8, 56), slice(8, 56))
@@ -132,8 +150,9 @@ def test_scatter_adds_a_smooth_positive_offset():
 
 def test_heel_effect_tilts_the_output_along_its_axis():
     water, bone = _slab(water_mm=0.0)
-    signal = simulate_radiograph(water, bone, RadiographParams(exposure=NOISELESS, heel=0.2, heel_axis=1),
-                                 np.random.default_rng(0)).signal
+    signal = simulate_radiograph(
+        water, bone, RadiographParams(exposure=NOISELESS, heel=0.2, heel_axis=1), np.random.default_rng(0)
+    ).signal
     assert signal[:, -1].mean() / signal[:, 0].mean() == pytest.approx(1.1 / 0.9, rel=1e-3)
     np.testing.assert_allclose(signal[0], signal[-1], rtol=2e-5)  # constant along the other axis
 
@@ -192,8 +211,13 @@ def test_wrong_or_corrupt_model_files_give_clear_errors(tmp_path: Path):
     record = torch.load(good, weights_only=True)
     record["config"] = json.dumps({**TINY.to_dict(), "base_channels": 8})
     torch.save(record, mismatched)
-    for path, words in [(tmp_path / "missing.pt", "not found"), (truncated, "cannot be read"), (text, "cannot be read"),
-                        (foreign, "expected format"), (mismatched, "damaged contents")]:
+    for path, words in [
+        (tmp_path / "missing.pt", "not found"),
+        (truncated, "cannot be read"),
+        (text, "cannot be read"),
+        (foreign, "expected format"),
+        (mismatched, "damaged contents"),
+    ]:
         with pytest.raises(IXGSError, match=words) as error:
             load_model(path)
         assert str(path) in str(error.value)
@@ -238,8 +262,18 @@ def test_batches_are_reproducible_and_the_same_read_from_disk(tmp_path: Path, mo
 
 # --- commands --------------------------------------------------------------------------------------------
 
-PAIRS = ["--phantom-size", "24", "--phantom-variants", "2", "--views", "6", "--detector-pixels", "32",
-         "--pixel-size", "12.8"]
+PAIRS = [
+    "--phantom-size",
+    "24",
+    "--phantom-variants",
+    "2",
+    "--views",
+    "6",
+    "--detector-pixels",
+    "32",
+    "--pixel-size",
+    "12.8",
+]
 
 
 def test_commands_end_to_end(tmp_path: Path, capsys):
@@ -261,8 +295,27 @@ def test_commands_end_to_end(tmp_path: Path, capsys):
     assert load_model(model).info["steps"] == 3
 
     scan = tmp_path / "scan"
-    assert main(["simulate", "-o", str(scan), "--phantom-size", "24", "--phantom-spacing", "8", "--views", "3",
-                 "--detector-pixels", "40", "36", "--pixel-size", "10"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "-o",
+                str(scan),
+                "--phantom-size",
+                "24",
+                "--phantom-spacing",
+                "8",
+                "--views",
+                "3",
+                "--detector-pixels",
+                "40",
+                "36",
+                "--pixel-size",
+                "10",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "standardized"
     assert main(["standardize", "apply", str(model), str(scan), "-o", str(out)]) == 0
     assert "standardized 3 views" in capsys.readouterr().out
@@ -276,12 +329,32 @@ def test_commands_end_to_end(tmp_path: Path, capsys):
 
 def test_real_pairs_from_a_scan_and_its_ct(tmp_path: Path, capsys):
     scan = tmp_path / "scan"
-    assert main(["simulate", "-o", str(scan), "--phantom-size", "24", "--phantom-spacing", "8", "--views", "3",
-                 "--detector-pixels", "40", "36", "--pixel-size", "10"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "-o",
+                str(scan),
+                "--phantom-size",
+                "24",
+                "--phantom-spacing",
+                "8",
+                "--views",
+                "3",
+                "--detector-pixels",
+                "40",
+                "36",
+                "--pixel-size",
+                "10",
+            ]
+        )
+        == 0
+    )
     pairs = tmp_path / "pairs"
     ct = scan / "ground_truth.nrrd"  # attenuation (1/mm): --units auto converts it back to HU
-    assert main(["standardize", "make-pairs", str(ct), "--scan", str(scan), "-o", str(pairs),
-                 "--bone-weight", "1"]) == 0
+    assert (
+        main(["standardize", "make-pairs", str(ct), "--scan", str(scan), "-o", str(pairs), "--bone-weight", "1"]) == 0
+    )
     pair_set = read_pairs(pairs)
     projections = load_projections(read_scan(scan))
     for index in range(3):

@@ -47,7 +47,7 @@ from ixgs_engine.render.backend import BACKEND_VARIABLE
 TABLE_HEAD = (
     "# GPU reconstruction: Triton vs torch render backend (25-view arbitrary-pose scan)\n\n"
     "Same settings and GPU for both backends; times exclude the mid-run scoring and include reading the scan, "
-    "the initialization and the final voxelization. \"to target\": first scored time at or above the target PSNR.\n\n"
+    'the initialization and the final voxelization. "to target": first scored time at or above the target PSNR.\n\n'
     "| date (UTC) | device | volume | detector | views | preset (iterations) | backend | PSNR / SSIM | wall s "
     "| target PSNR | to target | peak GPU MiB |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
@@ -63,13 +63,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--panel-mm", type=float, default=PANEL_MM, help="detector width and height (mm)")
     parser.add_argument("--preset", default="quality", choices=sorted(PRESETS), help="reconstruction preset")
     parser.add_argument("--iterations", type=int, help="iterations (default: the preset's)")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="override one reconstruction setting (repeatable), e.g. --set views_per_step=4")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one reconstruction setting (repeatable), e.g. --set views_per_step=4",
+    )
     parser.add_argument("--backends", nargs="+", default=["triton", "torch"], choices=("triton", "torch"))
     parser.add_argument("--eval-every", type=int, default=250, help="score every N iterations (and at the end)")
     parser.add_argument("--target-psnr", type=float, help="PSNR (dB) for time-to-quality")
-    parser.add_argument("--target-margin", type=float, default=0.1,
-                        help="default target: the torch run's final PSNR minus this (dB)")
+    parser.add_argument(
+        "--target-margin", type=float, default=0.1, help="default target: the torch run's final PSNR minus this (dB)"
+    )
     parser.add_argument("--threads", type=int, help="CPU threads for torch and ITK/RTK (default: all cores)")
     parser.add_argument("--workdir", type=Path, help="keep the scan and the reconstructions here")
     parser.add_argument("--output", type=Path, default=RESULTS, help="folder for the JSON and markdown results")
@@ -130,8 +136,10 @@ def main() -> None:
             f"peak {run['peak_gpu_mib']:.0f} MiB  to {target:.2f} dB: {describe_reach(run['to_target'])}"
         )
     if {"triton", "torch"} <= runs.keys():
-        print(f"triton / torch wall time: {runs['triton']['seconds'] / runs['torch']['seconds']:.2f}, "
-              f"PSNR difference {runs['triton']['psnr_db'] - runs['torch']['psnr_db']:+.2f} dB")
+        print(
+            f"triton / torch wall time: {runs['triton']['seconds'] / runs['torch']['seconds']:.2f}, "
+            f"PSNR difference {runs['triton']['psnr_db'] - runs['torch']['psnr_db']:+.2f} dB"
+        )
 
     record = {
         "benchmark": "gpu-reconstruct",

@@ -70,9 +70,14 @@ def estimate(scan: Path, phantom_file: Path, output: Path, truth: np.ndarray, po
     estimated = read_scan(output)
     views = estimated.extra["poses"]["source_views"]
     rms = [bead_rms(P, truth[v], points) for P, v in zip(estimated.matrices, views, strict=True)]
-    return {"seconds": seconds, "views_ok": len(views), "views": len(truth), "bead_rms_px": rms,
-            "reported_rms_px": [v["rms_px"] for v in report["views"]],
-            "failed": {v["view"]: v["message"] for v in report["views"] if v["status"] != "ok"}}
+    return {
+        "seconds": seconds,
+        "views_ok": len(views),
+        "views": len(truth),
+        "bead_rms_px": rms,
+        "reported_rms_px": [v["rms_px"] for v in report["views"]],
+        "failed": {v["view"]: v["message"] for v in report["views"] if v["status"] != "ok"},
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -95,8 +100,9 @@ def run(args: argparse.Namespace) -> dict:
         work = Path(temp)
         write_phantom(work / "known.json", phantom)
         write_phantom(work / "unknown.json", unknown)
-        _, bead_free = write_bead_scan(work / "scan", truth, phantom, matrices, shape, (pixel, pixel), args.photons,
-                                       args.seed, roi)
+        _, bead_free = write_bead_scan(
+            work / "scan", truth, phantom, matrices, shape, (pixel, pixel), args.photons, args.seed, roi
+        )
         known_run = estimate(work / "scan", work / "known.json", work / "estimated", matrices, phantom.positions)
         dlt_run = estimate(work / "scan", work / "unknown.json", work / "estimated-dlt", matrices, phantom.positions)
         estimated = read_scan(work / "estimated")
@@ -107,18 +113,28 @@ def run(args: argparse.Namespace) -> dict:
         config = preset("fast", iterations=args.iterations, seed=args.seed)
         scores = {}
         for name, folder in (("A", work / "A"), ("B", work / "estimated"), ("C", work / "C")):
-            _, volume = reconstruct_scan(folder, work / f"rec-{name}", config, "cpu",
-                                         voxel_size=FIELD_OF_VIEW_MM / args.size)
+            _, volume = reconstruct_scan(
+                folder, work / f"rec-{name}", config, "cpu", voxel_size=FIELD_OF_VIEW_MM / args.size
+            )
             scores[name] = {"psnr_3d_db": psnr_3d(volume, truth), "ssim_3d": ssim_3d(volume, truth)}
-            print(f"reconstruction {name}: PSNR {scores[name]['psnr_3d_db']:.2f} dB, "
-                  f"SSIM {scores[name]['ssim_3d']:.4f}")
+            print(
+                f"reconstruction {name}: PSNR {scores[name]['psnr_3d_db']:.2f} dB, SSIM {scores[name]['ssim_3d']:.4f}"
+            )
     return {
         "date_utc": utc_now(),
         "host": host_description("cpu", itk_threads, load_at_start),
-        "config": {"size": args.size, "detector": args.detector, "panel_mm": args.panel, "views": args.views,
-                   "photons": args.photons, "seed": args.seed, "iterations": args.iterations, "preset": "fast",
-                   "phantom": "helix 24 beads r25 h150 2 turns, 5/8 mm, centre (55,0,0)",
-                   "beads_off_detector_per_view": off_detector},
+        "config": {
+            "size": args.size,
+            "detector": args.detector,
+            "panel_mm": args.panel,
+            "views": args.views,
+            "photons": args.photons,
+            "seed": args.seed,
+            "iterations": args.iterations,
+            "preset": "fast",
+            "phantom": "helix 24 beads r25 h150 2 turns, 5/8 mm, centre (55,0,0)",
+            "beads_off_detector_per_view": off_detector,
+        },
         "known_intrinsics": known_run,
         "dlt": dlt_run,
         "reconstructions": scores,
@@ -143,11 +159,13 @@ def main() -> None:
     print(json.dumps({k: v for k, v in record.items() if k != "host"}, indent=1))
     psnr = " / ".join(f"{scores[n]['psnr_3d_db']:.2f}" for n in "ABC")
     ssim = " / ".join(f"{scores[n]['ssim_3d']:.4f}" for n in "ABC")
-    row = (f"| {record['date_utc']} | {record['host']['device_name']} | {args.size}³ | {args.detector}² | {args.views} "
-           f"| {args.photons:g} | {known['views_ok']}/{args.views} / {dlt['views_ok']}/{args.views} "
-           f"| {np.median(known['bead_rms_px']):.3f} / {np.max(known['bead_rms_px']):.3f} "
-           f"| {np.median(dlt['bead_rms_px']):.3f} / {np.max(dlt['bead_rms_px']):.3f} | {args.iterations} "
-           f"| {psnr} | {record['psnr_estimated_minus_true_db']:+.2f} | {ssim} | {known['seconds']:.0f} |\n")
+    row = (
+        f"| {record['date_utc']} | {record['host']['device_name']} | {args.size}³ | {args.detector}² | {args.views} "
+        f"| {args.photons:g} | {known['views_ok']}/{args.views} / {dlt['views_ok']}/{args.views} "
+        f"| {np.median(known['bead_rms_px']):.3f} / {np.max(known['bead_rms_px']):.3f} "
+        f"| {np.median(dlt['bead_rms_px']):.3f} / {np.max(dlt['bead_rms_px']):.3f} | {args.iterations} "
+        f"| {psnr} | {record['psnr_estimated_minus_true_db']:+.2f} | {ssim} | {known['seconds']:.0f} |\n"
+    )
     stem = f"poses-{args.size}-{args.detector}-{args.views}v-{args.iterations}it-cpu"
     save_results(args.output, stem, record, "poses.md", TABLE_HEAD, row)
 

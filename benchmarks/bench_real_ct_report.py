@@ -44,7 +44,9 @@ def load_results(workdir: Path, cases: tuple[str, ...]) -> dict[str, dict[str, d
 def _row(case: str, name: str, result: dict, sart: dict | None) -> str:
     host = result["host"]
     delta = (
-        f"{result['psnr_db'] - sart['psnr_db']:+.2f} / {result['ssim'] - sart['ssim']:+.3f}" if sart and name != "sart" else ""
+        f"{result['psnr_db'] - sart['psnr_db']:+.2f} / {result['ssim'] - sart['ssim']:+.3f}"
+        if sart and name != "sart"
+        else ""
     )
     return (
         f"| {CASE_TITLES.get(case, case)} | {name} | {result['psnr_db']:.2f} / {result['ssim']:.3f} "
@@ -95,10 +97,18 @@ def _plot(results: dict[str, dict[str, dict]], cases: tuple[str, ...], path: Pat
             for name, result in sorted(results[case].items()):
                 if "curve" in result:
                     curve = result["curve"]
-                    axis.plot([p["seconds"] for p in curve], [p[key] for p in curve], marker=".", label=name,
-                              color=colours[name], linewidth=2.0 if name == "ixgs" else 0.8)
+                    axis.plot(
+                        [p["seconds"] for p in curve],
+                        [p[key] for p in curve],
+                        marker=".",
+                        label=name,
+                        color=colours[name],
+                        linewidth=2.0 if name == "ixgs" else 0.8,
+                    )
                 else:
-                    axis.scatter([result["seconds"]], [result[key]], marker="x", s=60, label=name, zorder=3, color=colours[name])
+                    axis.scatter(
+                        [result["seconds"]], [result[key]], marker="x", s=60, label=name, zorder=3, color=colours[name]
+                    )
                     axis.axhline(result[key], linestyle=":", linewidth=0.8, color=colours[name])
             axis.set_title(CASE_TITLES.get(case, case), fontsize=9)
             axis.set_xlabel("wall time (s)")

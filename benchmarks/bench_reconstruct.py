@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 from common import (
-    add_scan_and_sart_arguments,
     SimulatedScan,
+    add_scan_and_sart_arguments,
     host_description,
     load_average,
     save_results,
@@ -51,7 +51,7 @@ DEFAULT_PANEL_MM = 409.6  # the engine's default simulated panel (256 x 1.6 mm):
 TABLE_HEAD = (
     "# Reconstruction: IXGS vs RTK SART (spine phantom, arbitrary C-arm poses, RTK-projected)\n\n"
     "Times exclude the mid-run scoring; IXGS's include reading the scan, its initialization and the "
-    "final voxelization. \"to RTK PSNR / SSIM\": IXGS time (iteration) when it first beat RTK SART's "
+    'final voxelization. "to RTK PSNR / SSIM": IXGS time (iteration) when it first beat RTK SART\'s '
     "final score.\n\n"
     "| date (UTC) | device | torch | volume | detector | views | IXGS preset (iterations) "
     "| IXGS PSNR / SSIM | RTK SART PSNR / SSIM (iterations) | IXGS − RTK PSNR / SSIM | IXGS s | RTK SART s "
@@ -67,7 +67,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--preset", default="fast", choices=sorted(PRESETS), help="IXGS reconstruction preset")
     parser.add_argument("--iterations", type=int, help="IXGS iterations (default: the preset's)")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="NAME=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="override one reconstruction setting (repeatable), e.g. --set image_scale=1.0",
     )
     parser.add_argument("--eval-every", type=int, default=100, help="score IXGS every N iterations (and at the end)")
@@ -153,8 +156,13 @@ def train_ixgs(
     """Reconstruct through the engine's entry point with ``trace`` scoring the model mid-run;
     the volume is written on the ground-truth grid."""
     reconstruct_scan(
-        scan_dir, output_dir, config, device=str(device), voxel_size=float(trace.truth.spacing[0]),
-        progress=trace, on_trainer=trace.attach,
+        scan_dir,
+        output_dir,
+        config,
+        device=str(device),
+        voxel_size=float(trace.truth.spacing[0]),
+        progress=trace,
+        on_trainer=trace.attach,
     )
 
 
@@ -212,10 +220,18 @@ def main() -> None:
     final = trace.points[-1]
     ixgs_s = final["seconds"] + final["voxelize_seconds"]
     results = {
-        "ixgs": {"psnr_db": final["psnr_db"], "ssim": final["ssim"], "seconds": ixgs_s, "iterations": final["iteration"]},
+        "ixgs": {
+            "psnr_db": final["psnr_db"],
+            "ssim": final["ssim"],
+            "seconds": ixgs_s,
+            "iterations": final["iteration"],
+        },
         **{
             name: {
-                "psnr_db": psnr_3d(volume, truth), "ssim": ssim_3d(volume, truth), "seconds": wall, "cpu_seconds": cpu
+                "psnr_db": psnr_3d(volume, truth),
+                "ssim": ssim_3d(volume, truth),
+                "seconds": wall,
+                "cpu_seconds": cpu,
             }
             for name, volume, wall, cpu in (("rtk_sart", rtk, rtk_s, rtk_cpu), ("ours_sart", ours, ours_s, ours_cpu))
         },

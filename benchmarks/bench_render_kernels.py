@@ -159,8 +159,12 @@ def compare(op: str, count: int, grid: str, make: Callable, backends: dict, devi
         flush=True,
     )
     return {
-        "op": op, "gaussians": count, "grid": grid, **result,
-        "speedup_forward_backward": speedup, "max_relative_difference": difference,
+        "op": op,
+        "gaussians": count,
+        "grid": grid,
+        **result,
+        "speedup_forward_backward": speedup,
+        "max_relative_difference": difference,
     }
 
 

@@ -69,8 +69,12 @@ def main() -> None:
     record = {
         "benchmark": "sart",
         "date_utc": utc_now(),
-        "config": {**{k: v for k, v in vars(args).items() if k != "output"}, "voxel_mm": scan.voxel_mm,
-                   "pixel_mm": scan.pixel_mm, "simulated_by": "RTK Joseph forward projector"},
+        "config": {
+            **{k: v for k, v in vars(args).items() if k != "output"},
+            "voxel_mm": scan.voxel_mm,
+            "pixel_mm": scan.pixel_mm,
+            "simulated_by": "RTK Joseph forward projector",
+        },
         "host": host_description(args.device, itk_threads, load_at_start),
         "results": scores,
         "ours_over_rtk_time": ours_s / rtk_s,
@@ -83,8 +87,7 @@ def main() -> None:
             f"{score['seconds']:8.2f} s wall  {score['cpu_seconds']:8.2f} s CPU"
         )
     print(
-        f"ours/RTK time {record['ours_over_rtk_time']:.2f}x, "
-        f"PSNR difference {record['ours_minus_rtk_psnr_db']:+.2f} dB"
+        f"ours/RTK time {record['ours_over_rtk_time']:.2f}x, PSNR difference {record['ours_minus_rtk_psnr_db']:+.2f} dB"
     )
 
     o, r = scores["ours"], scores["rtk"]

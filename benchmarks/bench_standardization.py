@@ -25,7 +25,7 @@ from ixgs_engine.standardize.ablation import AblationSettings, run_ablation
 TABLE_HEAD = (
     "# Radiographic standardization ablation (unseen spine-phantom variant, realistic radiographs)\n\n"
     "3-D: reconstruction vs the bone-enhanced attenuation map; 2-D: input images vs the ideal bone-enhanced DRRs. "
-    "Raw inputs get an oracle scene-wide scale (docs/standardization.md). \"vs plain\": each volume, scaled by "
+    'Raw inputs get an oracle scene-wide scale (docs/standardization.md). "vs plain": each volume, scaled by '
     "its least-squares factor, against the plain attenuation map (bone weight 1).\n\n"
     "| date (UTC) | device | volume | detector | views | model steps | recon iterations "
     "| raw radiograph 3-D PSNR / SSIM | raw -log 3-D PSNR / SSIM | standardized 3-D PSNR / SSIM "
@@ -66,9 +66,16 @@ def main() -> None:
     itk_threads = set_threads(args.threads)
     device = str(resolve_device(args.device))
     settings = AblationSettings(
-        size=args.size, detector_pixels=args.detector, pixel_mm=args.pixel_mm, views=args.views,
-        train_views=args.train_views, train_steps=args.train_steps, model_config=args.model_config,
-        iterations=args.iterations, preset=args.preset, seed=args.seed,
+        size=args.size,
+        detector_pixels=args.detector,
+        pixel_mm=args.pixel_mm,
+        views=args.views,
+        train_views=args.train_views,
+        train_steps=args.train_steps,
+        model_config=args.model_config,
+        iterations=args.iterations,
+        preset=args.preset,
+        seed=args.seed,
     )
     with tempfile.TemporaryDirectory(prefix="ixgs-bench-standardization-") as temp:
         work = args.workdir or Path(temp)
@@ -76,18 +83,24 @@ def main() -> None:
             lambda: run_ablation(work, settings, args.model, device, progress_bar("ablation", "step"))
         )
     by_input = {row["input"]: row for row in rows}
-    print(f"{'input':16s} {'2-D PSNR':>9s} {'2-D SSIM':>9s} {'3-D PSNR':>9s} {'3-D SSIM':>9s}"
-          f" {'plain PSNR':>11s} {'plain SSIM':>11s}")
+    print(
+        f"{'input':16s} {'2-D PSNR':>9s} {'2-D SSIM':>9s} {'3-D PSNR':>9s} {'3-D SSIM':>9s}"
+        f" {'plain PSNR':>11s} {'plain SSIM':>11s}"
+    )
     for row in rows:
         psnr_2d = "ideal" if row["psnr_2d_db"] is None else f"{row['psnr_2d_db']:.2f}"
-        print(f"{row['input']:16s} {psnr_2d:>9s} {row['ssim_2d']:9.3f} {row['psnr_3d_db']:9.2f} {row['ssim_3d']:9.3f}"
-              f" {row['psnr_3d_plain_db']:11.2f} {row['ssim_3d_plain']:11.3f}")
+        print(
+            f"{row['input']:16s} {psnr_2d:>9s} {row['ssim_2d']:9.3f} {row['psnr_3d_db']:9.2f} {row['ssim_3d']:9.3f}"
+            f" {row['psnr_3d_plain_db']:11.2f} {row['ssim_3d_plain']:11.3f}"
+        )
     raw, standardized = by_input["raw radiograph"], by_input["standardized"]
     gain_psnr = standardized["psnr_3d_db"] - raw["psnr_3d_db"]
     gain_ssim = standardized["ssim_3d"] - raw["ssim_3d"]
     verdict = "beats" if gain_psnr > 0 and gain_ssim > 0 else "does not beat"
-    print(f"standardized − raw radiograph: 3-D PSNR {gain_psnr:+.2f} dB, SSIM {gain_ssim:+.3f} "
-          f"(standardized {verdict} raw); total {seconds:.0f} s")
+    print(
+        f"standardized − raw radiograph: 3-D PSNR {gain_psnr:+.2f} dB, SSIM {gain_ssim:+.3f} "
+        f"(standardized {verdict} raw); total {seconds:.0f} s"
+    )
     record = {
         "benchmark": "standardization",
         "date_utc": utc_now(),

@@ -40,5 +40,6 @@ def check_memory(need: int, what: str, fix: str) -> None:
     """Refuse (IXGSError with the numbers) when ``what`` needs more than the available memory."""
     have = available_memory()
     if have is not None and need > have:
-        raise IXGSError(f"{what} would need about {need / 2**30:.1f} GiB of memory, but {have / 2**30:.1f} GiB "
-                        f"is available; {fix}")
+        raise IXGSError(
+            f"{what} would need about {need / 2**30:.1f} GiB of memory, but {have / 2**30:.1f} GiB is available; {fix}"
+        )

@@ -47,12 +47,22 @@ def _terminal_bar(description: str, unit: str) -> ProgressCallback:
         if "bar" not in bar:
             # redirected to a file or a CI log: a line every few seconds, not a flood of carriage returns
             interval = 0.1 if sys.stderr.isatty() else 5.0
-            bar["bar"] = tqdm(total=total, initial=done - 1, desc=description, unit=unit, file=sys.stderr, leave=False,
-                              mininterval=interval)
+            bar["bar"] = tqdm(
+                total=total,
+                initial=done - 1,
+                desc=description,
+                unit=unit,
+                file=sys.stderr,
+                leave=False,
+                mininterval=interval,
+            )
         bar["bar"].update(done - bar["bar"].n)
         if info is not None and done % 10 == 0:
-            shown = {key: (f"{value:.4g}" if isinstance(value, float) else str(value)) for key, value in info.items()
-                     if key in ("loss", "gaussians", "l1", "psnr")}
+            shown = {
+                key: (f"{value:.4g}" if isinstance(value, float) else str(value))
+                for key, value in info.items()
+                if key in ("loss", "gaussians", "l1", "psnr")
+            }
             bar["bar"].set_postfix(shown, refresh=False)
         if done >= total:
             bar["bar"].close()

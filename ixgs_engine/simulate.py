@@ -16,9 +16,9 @@ from ixgs_engine.geometry.carm import Detector, carm_projection_matrix
 from ixgs_engine.geometry.roi import ROI
 from ixgs_engine.io.scan import write_scan
 from ixgs_engine.io.volumes import write_volume
+from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.projector.joseph import JosephProjector
 from ixgs_engine.volume import Volume
-from ixgs_engine.progress import ProgressCallback
 
 GROUND_TRUTH_FILE = "ground_truth.nrrd"
 
@@ -65,7 +65,7 @@ def arbitrary_poses(
     secondary = rng.uniform(secondary_range[0], secondary_range[1], count)
     shifts = rng.uniform(-isocenter_jitter_mm, isocenter_jitter_mm, (count, 3))
     center = np.asarray(isocenter, dtype=np.float64)
-    return [Pose(float(p), float(s), tuple(center + d)) for p, s, d in zip(primary, secondary, shifts)]
+    return [Pose(float(p), float(s), tuple(center + d)) for p, s, d in zip(primary, secondary, shifts, strict=True)]
 
 
 def pose_matrices(poses: list[Pose], setup: CarmSetup) -> np.ndarray:
@@ -73,7 +73,12 @@ def pose_matrices(poses: list[Pose], setup: CarmSetup) -> np.ndarray:
     return np.stack(
         [
             carm_projection_matrix(
-                p.primary_deg, p.secondary_deg, setup.source_to_isocenter, setup.source_to_detector, setup.detector, p.isocenter
+                p.primary_deg,
+                p.secondary_deg,
+                setup.source_to_isocenter,
+                setup.source_to_detector,
+                setup.detector,
+                p.isocenter,
             )
             for p in poses
         ]
@@ -199,5 +204,12 @@ def simulate_phantom_scan(
 
     attenuation = hu_to_attenuation(make_phantom(phantom, (size, size, size), spacing_mm))
     setup = CarmSetup(detector=Detector((detector_pixels, detector_pixels), (pixel_size_mm, pixel_size_mm)))
-    simulate_scan(folder, attenuation, arbitrary_poses(views, isocenter=tuple(attenuation.center()), seed=seed), setup, device, progress)
+    simulate_scan(
+        folder,
+        attenuation,
+        arbitrary_poses(views, isocenter=tuple(attenuation.center()), seed=seed),
+        setup,
+        device,
+        progress,
+    )
     return attenuation

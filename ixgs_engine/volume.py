@@ -85,7 +85,7 @@ class Volume(VolumeGrid):
         )
 
     @classmethod
-    def on_grid(cls, grid: VolumeGrid, array: np.ndarray) -> "Volume":
+    def on_grid(cls, grid: VolumeGrid, array: np.ndarray) -> Volume:
         """Values on an existing grid (shapes must agree)."""
         if tuple(np.shape(array)) != tuple(grid.shape):
             raise ValueError(f"array shape {np.shape(array)} does not match grid shape {grid.shape}")
@@ -96,7 +96,7 @@ class Volume(VolumeGrid):
         """The geometry alone."""
         return VolumeGrid(self.shape, self.origin.copy(), self.spacing.copy(), self.direction.copy())
 
-    def with_array(self, array: np.ndarray) -> "Volume":
+    def with_array(self, array: np.ndarray) -> Volume:
         """Same geometry, other values."""
         return Volume.on_grid(self, array)
 

@@ -66,13 +66,28 @@ def request_cancel(cancel_file: Path) -> None:
 
 
 def reconstruct_arguments(
-    scan: str | Path, output: str | Path, preset: str, device: str, iterations: int | None = None,
-    voxel_size: float | None = None, resume: bool = False,
+    scan: str | Path,
+    output: str | Path,
+    preset: str,
+    device: str,
+    iterations: int | None = None,
+    voxel_size: float | None = None,
+    resume: bool = False,
 ) -> list[str]:
     """``ixgs reconstruct`` arguments (the command-line contract between the GUI and the engine),
     with the run folder's cancel file."""
-    arguments = ["reconstruct", str(scan), "-o", str(output), "--preset", preset, "--device", device,
-                 CANCEL_FLAG, str(Path(output) / CANCEL_FILE_NAME)]
+    arguments = [
+        "reconstruct",
+        str(scan),
+        "-o",
+        str(output),
+        "--preset",
+        preset,
+        "--device",
+        device,
+        CANCEL_FLAG,
+        str(Path(output) / CANCEL_FILE_NAME),
+    ]
     if iterations:
         arguments += ["--iterations", str(int(iterations))]
     if voxel_size:
@@ -88,7 +103,10 @@ def poses_detect_arguments(scan: str | Path, phantom: str | Path, output: str | 
 
 
 def poses_estimate_arguments(
-    scan: str | Path, phantom: str | Path, output: str | Path, points: str | Path | None = None,
+    scan: str | Path,
+    phantom: str | Path,
+    output: str | Path,
+    points: str | Path | None = None,
     detections: str | Path | None = None,
 ) -> list[str]:
     """``ixgs poses estimate`` arguments: the automatic ``detections`` (from detect; re-detected

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,40 @@ from ixgs_engine.geometry.roi import ROI
 from ixgs_engine.io import atomic_output
 from ixgs_engine.io.scan import SCAN_FILE, write_scan
 from ixgs_engine.io.xray_images import frame_count, read_xray_image
+
+
+def natural_order(paths: Sequence[str | Path]) -> list[str | Path]:
+    """Paths sorted as a person numbers views: ``view2`` before ``view10`` (digit runs compare as
+    numbers, the rest without case)."""
+
+    def key(path: str | Path) -> list[tuple[int, int | str]]:
+        parts = re.split(r"(\d+)", str(path))
+        return [(0, int(part)) if part.isdigit() else (1, part.lower()) for part in parts]
+
+    return sorted(paths, key=key)
+
+
+def dicom_series_choices(
+    series: Sequence[tuple[str, Sequence[str]]], instance_number: Callable[[str], str]
+) -> list[tuple[str, list[str]]]:
+    """(label, files) per DICOM series for a picker: labels made unique (a repeated description
+    gets " (2)", " (3)", ...) so no series hides another, and each series' files ordered by
+    Instance Number (files without one last, in natural order)."""
+
+    def order(path: str) -> tuple[int, float]:
+        text = (instance_number(path) or "").strip()
+        try:
+            return (0, float(text))
+        except ValueError:
+            return (1, 0.0)
+
+    seen: dict[str, int] = {}
+    choices = []
+    for label, files in series:
+        seen[label] = seen.get(label, 0) + 1
+        unique = label if seen[label] == 1 else f"{label} ({seen[label]})"
+        choices.append((unique, sorted(natural_order(list(files)), key=order)))
+    return choices
 
 
 def read_matrix_file(path: str | Path) -> np.ndarray:

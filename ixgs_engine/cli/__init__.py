@@ -79,8 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prefix}: error: {_os_error_line(error)}", file=sys.stderr)
         return 2
     except MemoryError:
-        print(f"{prefix}: error: out of memory; use smaller sizes (views, pixels, voxels) or a machine with more",
-              file=sys.stderr)
+        print(
+            f"{prefix}: error: out of memory; use smaller sizes (views, pixels, voxels) or a machine with more",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)

@@ -27,15 +27,20 @@ def _check_output_file(output: str | None) -> None:
 # ---------------------------------------------------------------- evaluate
 def _add_evaluate(subparsers) -> None:
     parser = subparsers.add_parser(
-        "evaluate", help="score a reconstruction against a reference volume and/or its X-rays",
+        "evaluate",
+        help="score a reconstruction against a reference volume and/or its X-rays",
         description="3-D PSNR/SSIM (R2-Gaussian's definitions) and bone Dice / surface distances (mm) against a "
         "reference CT or volume resampled by world geometry, and 2-D PSNR/SSIM of the volume re-rendered at the "
         "scan's views (held-out views by default). Writes metrics JSON.",
     )
     parser.add_argument("recon", help="reconstructed volume file, or an `ixgs reconstruct` output folder")
     parser.add_argument("--reference", help="reference CT (HU) or attenuation volume (default: the scan's truth)")
-    parser.add_argument("--reference-units", choices=("auto", "hu", "mu"), default="auto",
-                        help="reference values: HU or 1/mm (auto: HU when its minimum is below -500)")
+    parser.add_argument(
+        "--reference-units",
+        choices=("auto", "hu", "mu"),
+        default="auto",
+        help="reference values: HU or 1/mm (auto: HU when its minimum is below -500)",
+    )
     parser.add_argument("--scan", help="scan folder for the 2-D metrics (default: the run's scan)")
     parser.add_argument("--views", help="heldout (default when the run held views out), training, all, or 0,5,10")
     parser.add_argument("--bone-hu", type=finite, default=200.0, help="bone threshold in HU for Dice/surface distances")
@@ -56,8 +61,14 @@ def _run_evaluate(args) -> int:
     _check_output_file(args.output)
     recon = load_reconstruction(args.recon)
     evaluation = evaluate_reconstruction(
-        recon, args.reference, args.reference_units, args.scan, args.views, args.bone_hu,
-        str(resolve_device(args.device)), progress_bar("re-rendering"),
+        recon,
+        args.reference,
+        args.reference_units,
+        args.scan,
+        args.views,
+        args.bone_hu,
+        str(resolve_device(args.device)),
+        progress_bar("re-rendering"),
     )
     default = (recon.run_dir or recon.volume_path.parent) / (
         METRICS_FILE if recon.run_dir else f"{recon.volume_path.name.split('.')[0]}-metrics.json"
@@ -66,11 +77,15 @@ def _run_evaluate(args) -> int:
     m = evaluation.metrics
     parts = []
     if "psnr_3d_db" in m:
-        parts.append(f"3-D PSNR {m['psnr_3d_db']:.2f} dB, SSIM {m['ssim_3d']:.3f}, bone Dice {m['bone']['dice']:.3f}, "
-                     f"MSD {m['bone']['mean_surface_distance_mm']:.2f} mm")
+        parts.append(
+            f"3-D PSNR {m['psnr_3d_db']:.2f} dB, SSIM {m['ssim_3d']:.3f}, bone Dice {m['bone']['dice']:.3f}, "
+            f"MSD {m['bone']['mean_surface_distance_mm']:.2f} mm"
+        )
     if "psnr_2d_db_mean" in m:
-        parts.append(f"2-D PSNR {m['psnr_2d_db_mean']:.2f} dB, SSIM {m['ssim_2d_mean']:.3f} on {len(m['views'])} "
-                     f"{m['view_set']} views")
+        parts.append(
+            f"2-D PSNR {m['psnr_2d_db_mean']:.2f} dB, SSIM {m['ssim_2d_mean']:.3f} on {len(m['views'])} "
+            f"{m['view_set']} views"
+        )
     print(f"evaluated in {time.perf_counter() - started:.1f} s: {'; '.join(parts)} -> {path}")
     return 0
 
@@ -78,7 +93,8 @@ def _run_evaluate(args) -> int:
 # ---------------------------------------------------------------- report / ratings
 def _add_report(subparsers) -> None:
     parser = subparsers.add_parser(
-        "report", help="write a self-contained HTML report of a run (pictures, metrics, rating sheet)",
+        "report",
+        help="write a self-contained HTML report of a run (pictures, metrics, rating sheet)",
         description="One HTML page (inline images, no network): settings, timing, metrics, slices and MIPs beside "
         "the reference, input vs re-rendered X-rays with residuals, loss curves, per-view errors, and a rating "
         "sheet for clinical evaluators that saves a CSV in the browser.",
@@ -87,7 +103,9 @@ def _add_report(subparsers) -> None:
     parser.add_argument("--reference", help="reference CT (HU) or attenuation volume (default: the scan's truth)")
     parser.add_argument("--reference-units", choices=("auto", "hu", "mu"), default="auto")
     parser.add_argument("--scan", help="scan folder (default: the run's scan)")
-    parser.add_argument("--max-views", type=count, default=6, help="X-rays shown as pictures (held-out first; default 6)")
+    parser.add_argument(
+        "--max-views", type=count, default=6, help="X-rays shown as pictures (held-out first; default 6)"
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("-o", "--output", help="HTML file (default RUN_DIR/report.html)")
     parser.set_defaults(run=_run_report)
@@ -101,8 +119,14 @@ def _run_report(args) -> int:
         raise IXGSError("--max-views must be at least 1")
     _check_output_file(args.output)
     path, metrics = build_report(
-        args.run_dir, args.reference, args.reference_units, args.scan, args.output, args.max_views,
-        str(resolve_device(args.device)), progress_bar("re-rendering"),
+        args.run_dir,
+        args.reference,
+        args.reference_units,
+        args.scan,
+        args.output,
+        args.max_views,
+        str(resolve_device(args.device)),
+        progress_bar("re-rendering"),
     )
     shown = [f"3-D PSNR {metrics['psnr_3d_db']:.2f} dB"] if "psnr_3d_db" in metrics else []
     if "psnr_2d_db_mean" in metrics:
@@ -113,7 +137,8 @@ def _run_report(args) -> int:
 
 def _add_ratings(subparsers) -> None:
     parser = subparsers.add_parser(
-        "ratings", help="merge rating-sheet CSVs saved from reports into one summary table",
+        "ratings",
+        help="merge rating-sheet CSVs saved from reports into one summary table",
         description="Merge the CSV files clinical evaluators saved from `ixgs report` pages: per case and "
         "criterion, the number of raters, mean, standard deviation, median and range of the 1-5 scores.",
     )
@@ -130,8 +155,8 @@ def _run_ratings(args) -> int:
     summary = summarize_ratings(rows)
     path = write_rating_summary(args.output, summary)
     cases = sorted({s.case for s in summary})
-    print(f"merged {len(rows)} ratings from {len(args.csv)} files: {len(cases)} cases, "
-          f"{len(summary)} case/criterion rows -> {path}")
+    print(
+        f"merged {len(rows)} ratings from {len(args.csv)} files: {len(cases)} cases, "
+        f"{len(summary)} case/criterion rows -> {path}"
+    )
     return 0
-
-

@@ -62,18 +62,30 @@ def add_reconstruct_options(parser: argparse.ArgumentParser, default_preset: str
     """Options shared by ``reconstruct`` and ``demo``."""
     from ixgs_engine.reconstruct.config import DEFAULT_PRESET, PRESETS
 
-    parser.add_argument("--preset", choices=(DEFAULT_PRESET, *PRESETS), default=default_preset,
-                        help=f"settings bundle (default {default_preset}): auto = cpu on a CPU and default on a "
-                        "CUDA GPU; cpu = minutes on a CPU (tuned on a real CT); default = R2-Gaussian's recipe; "
-                        "quality = SART start + 2 views a step; fast = the demo's, a few minutes")
+    parser.add_argument(
+        "--preset",
+        choices=(DEFAULT_PRESET, *PRESETS),
+        default=default_preset,
+        help=f"settings bundle (default {default_preset}): auto = cpu on a CPU and default on a "
+        "CUDA GPU; cpu = minutes on a CPU (tuned on a real CT); default = R2-Gaussian's recipe; "
+        "quality = SART start + 2 views a step; fast = the demo's, a few minutes",
+    )
     parser.add_argument("--iterations", type=count, help="optimization steps (overrides the preset)")
-    parser.add_argument("--init", choices=("random", "volume"), help="random (the paper's) or volume (a few SART iterations)")
+    parser.add_argument(
+        "--init", choices=("random", "volume"), help="random (the paper's) or volume (a few SART iterations)"
+    )
     parser.add_argument("--gaussians", type=count, help="number of Gaussians to start with")
     parser.add_argument("--seed", type=int, help="random seed (same seed, same result)")
-    parser.add_argument("--holdout-every", type=count, metavar="K",
-                        help="keep every K-th view out of training (recorded in summary.json) for `ixgs evaluate`")
+    parser.add_argument(
+        "--holdout-every",
+        type=count,
+        metavar="K",
+        help="keep every K-th view out of training (recorded in summary.json) for `ixgs evaluate`",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--voxel-size", type=positive, help="output voxel size in mm (default: detector pixel at the ROI centre)")
+    parser.add_argument(
+        "--voxel-size", type=positive, help="output voxel size in mm (default: detector pixel at the ROI centre)"
+    )
     parser.add_argument("--format", choices=("nrrd", "nii.gz", "mha"), default="nrrd", help="volume file format")
     parser.add_argument("--threshold", type=finite, help="also write a label map of attenuation >= this (1/mm)")
 
@@ -90,9 +102,13 @@ def config_from(args):
     from ixgs_engine.reconstruct.config import preset, resolve_preset
 
     try:
-        return preset(resolve_preset(args.preset, resolve_device(args.device)), iterations=args.iterations,
-                      init=args.init, num_gaussians=args.gaussians, seed=args.seed, holdout_every=args.holdout_every)
+        return preset(
+            resolve_preset(args.preset, resolve_device(args.device)),
+            iterations=args.iterations,
+            init=args.init,
+            num_gaussians=args.gaussians,
+            seed=args.seed,
+            holdout_every=args.holdout_every,
+        )
     except ValueError as error:  # e.g. --iterations 0 or --holdout-every 1
         raise IXGSError(f"invalid reconstruction options: {error}") from None
-
-

@@ -25,15 +25,19 @@ def add_commands(subparsers) -> None:
 
 def _add_reconstruct(subparsers) -> None:
     parser = subparsers.add_parser(
-        "reconstruct", help="reconstruct a scan folder into an attenuation volume (radiative Gaussian splatting)",
+        "reconstruct",
+        help="reconstruct a scan folder into an attenuation volume (radiative Gaussian splatting)",
         description="Fit radiative Gaussians to a scan's views and write volume.<fmt> (1/mm, world geometry), "
         "gaussians.npz, log.jsonl, summary.json and a checkpoint for --resume. Ctrl-C, SIGTERM or --cancel-file "
         "stop after the current step with its state saved; --resume then continues to the same result.",
     )
     parser.add_argument("scan", help="scan folder (holding scan.json)")
     parser.add_argument("-o", "--output", required=True, help="output folder")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in the output folder with its settings (more --iterations extend it)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in the output folder with its settings (more --iterations extend it)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder")
     add_reconstruct_options(parser, "auto")
     add_cancel_file_option(parser)
@@ -41,9 +45,12 @@ def _add_reconstruct(subparsers) -> None:
 
 
 def add_cancel_file_option(parser) -> None:
-    parser.add_argument("--cancel-file", metavar="PATH",
-                        help="stop as Ctrl-C does (state saved for --resume) once this file exists: a cancel channel "
-                        "for front ends that cannot send signals (the Slicer module on Windows)")
+    parser.add_argument(
+        "--cancel-file",
+        metavar="PATH",
+        help="stop as Ctrl-C does (state saved for --resume) once this file exists: a cancel channel "
+        "for front ends that cannot send signals (the Slicer module on Windows)",
+    )
 
 
 def cancel_requested(args) -> Callable[[], bool] | None:
@@ -60,12 +67,19 @@ def _stage_progress(name: str):
 
 def _warn_ignored_on_resume(args, default_preset: str) -> None:
     """``--resume`` keeps the checkpoint's settings: say which given options it ignores."""
-    given = {"--preset": args.preset if args.preset != default_preset else None, "--init": args.init,
-             "--gaussians": args.gaussians, "--seed": args.seed, "--holdout-every": args.holdout_every}
+    given = {
+        "--preset": args.preset if args.preset != default_preset else None,
+        "--init": args.init,
+        "--gaussians": args.gaussians,
+        "--seed": args.seed,
+        "--holdout-every": args.holdout_every,
+    }
     ignored = [f"{flag} {value}" for flag, value in given.items() if value is not None]
     if ignored:
-        _log.warning("--resume keeps the checkpoint's settings; ignored: %s (only --iterations can extend a run)",
-                     ", ".join(ignored))
+        _log.warning(
+            "--resume keeps the checkpoint's settings; ignored: %s (only --iterations can extend a run)",
+            ", ".join(ignored),
+        )
 
 
 def _run_reconstruct(args) -> int:
@@ -74,10 +88,20 @@ def _run_reconstruct(args) -> int:
     if args.resume:
         _warn_ignored_on_resume(args, "auto")
     summary, _ = reconstruct_scan(
-        args.scan, args.output, config_from(args), args.device, args.resume, args.voxel_size, args.format,
-        args.threshold, progress=progress_bar("reconstructing", "it"), should_cancel=cancel_requested(args),
-        preset_name="resumed" if args.resume else preset_name(args), overwrite=args.overwrite,
-        resume_iterations=args.iterations, stage_progress=_stage_progress,
+        args.scan,
+        args.output,
+        config_from(args),
+        args.device,
+        args.resume,
+        args.voxel_size,
+        args.format,
+        args.threshold,
+        progress=progress_bar("reconstructing", "it"),
+        should_cancel=cancel_requested(args),
+        preset_name="resumed" if args.resume else preset_name(args),
+        overwrite=args.overwrite,
+        resume_iterations=args.iterations,
+        stage_progress=_stage_progress,
     )
     print(summary.line())
     return 0
@@ -85,7 +109,8 @@ def _run_reconstruct(args) -> int:
 
 def _add_demo(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="simulate the spine phantom at arbitrary poses, reconstruct it, compare with the truth",
+        "demo",
+        help="simulate the spine phantom at arbitrary poses, reconstruct it, compare with the truth",
         description="Simulate the embedded lumbar-spine phantom at arbitrary C-arm poses, reconstruct it, and "
         "write the volume (OUT/reconstruction/volume.nrrd), a PNG of orthogonal slices beside the ground truth "
         "(OUT/slices.png), and OUT/metrics.json. A re-run replaces the demo folder; an interrupted demo "
@@ -122,26 +147,48 @@ def _run_demo(args) -> int:
             "give fewer --views, --detector-pixels or --phantom-size",
         )
         truth = simulate_phantom_scan(
-            output / "scan", "spine", args.phantom_size, spacing, args.views, args.detector_pixels,
-            409.6 / args.detector_pixels, str(resolve_device(args.device)), progress_bar("projecting"),
+            output / "scan",
+            "spine",
+            args.phantom_size,
+            spacing,
+            args.views,
+            args.detector_pixels,
+            409.6 / args.detector_pixels,
+            str(resolve_device(args.device)),
+            progress_bar("projecting"),
         )
     try:
         summary, volume = reconstruct_scan(
-            output / "scan", output / "reconstruction", config_from(args), args.device, resume=args.resume,
-            voxel_size=spacing, volume_format=args.format, threshold=args.threshold,
-            progress=progress_bar("reconstructing", "it"), should_cancel=cancel_requested(args),
-            preset_name=preset_name(args), overwrite=True, stage_progress=_stage_progress,
+            output / "scan",
+            output / "reconstruction",
+            config_from(args),
+            args.device,
+            resume=args.resume,
+            voxel_size=spacing,
+            volume_format=args.format,
+            threshold=args.threshold,
+            progress=progress_bar("reconstructing", "it"),
+            should_cancel=cancel_requested(args),
+            preset_name=preset_name(args),
+            overwrite=True,
+            stage_progress=_stage_progress,
         )
     except ReconstructionCancelled as stopped:
         raise ReconstructionCancelled(
             f"{stopped}; for the demo: ixgs demo -o {output} --resume (with the same options)", stopped.exit_code
         ) from None
-    metrics = {"psnr_3d_db": psnr_3d(volume, truth), "ssim_3d": ssim_3d(volume, truth),
-               "views": args.views, "reconstruction_seconds": summary.total_seconds}
+    metrics = {
+        "psnr_3d_db": psnr_3d(volume, truth),
+        "ssim_3d": ssim_3d(volume, truth),
+        "views": args.views,
+        "reconstruction_seconds": summary.total_seconds,
+    }
     with atomic_output(output / "metrics.json") as temp:
         temp.write_text(json.dumps(metrics, indent=1))
     picture = orthogonal_slices_png(
-        output / "slices.png", [("ground truth", truth), ("IXGS reconstruction", volume)], (0.0, float(truth.array.max()))
+        output / "slices.png",
+        [("ground truth", truth), ("IXGS reconstruction", volume)],
+        (0.0, float(truth.array.max())),
     )
     print(
         f"demo: {args.views} views, PSNR {metrics['psnr_3d_db']:.2f} dB, SSIM {metrics['ssim_3d']:.3f}, "

@@ -29,29 +29,73 @@ def _add_simulate(subparsers) -> None:
     )
     parser.add_argument("volume", nargs="?", help="volume file (NIfTI, NRRD, MHA, DICOM folder); default: --phantom")
     parser.add_argument("-o", "--output", required=True, help="scan folder to write")
-    parser.add_argument("--phantom", choices=("spine", "shepp-logan"), default="spine", help="embedded phantom (default spine)")
+    parser.add_argument(
+        "--phantom", choices=("spine", "shepp-logan"), default="spine", help="embedded phantom (default spine)"
+    )
     parser.add_argument("--phantom-size", type=count, default=128, help="phantom voxels per side (default 128)")
     parser.add_argument("--phantom-spacing", type=positive, default=1.5, help="phantom voxel size in mm (default 1.5)")
     parser.add_argument(
-        "--units", choices=("auto", "hu", "mu"), default="auto",
+        "--units",
+        choices=("auto", "hu", "mu"),
+        default="auto",
         help="values of a volume file: Hounsfield units or attenuation 1/mm (auto: HU when its minimum is below -500)",
     )
     parser.add_argument("--views", type=count, default=25, help="number of X-rays (default 25)")
-    parser.add_argument("--orbit", choices=("arbitrary", "circular"), default="arbitrary", help="pose pattern (default arbitrary)")
-    parser.add_argument("--primary-range", type=finite, nargs=2, default=(-100.0, 100.0), metavar=("MIN", "MAX"),
-                        help="arbitrary orbit: LAO(+)/RAO(-) primary angles in deg (default -100 100)")
-    parser.add_argument("--secondary-range", type=finite, nargs=2, default=(-30.0, 30.0), metavar=("MIN", "MAX"),
-                        help="arbitrary orbit: cranial(+)/caudal(-) secondary angles in deg (default -30 30)")
-    parser.add_argument("--isocenter-jitter", type=not_negative, default=0.0, help="arbitrary orbit: random isocentre shift up to this (mm)")
-    parser.add_argument("--arc", type=finite, nargs=2, default=(0.0, 360.0), metavar=("START", "STOP"),
-                        help="circular orbit: primary-angle arc in deg (default 0 360)")
-    parser.add_argument("--isocenter", type=finite, nargs=3, metavar=("X", "Y", "Z"), help="world mm (default: volume centre)")
+    parser.add_argument(
+        "--orbit", choices=("arbitrary", "circular"), default="arbitrary", help="pose pattern (default arbitrary)"
+    )
+    parser.add_argument(
+        "--primary-range",
+        type=finite,
+        nargs=2,
+        default=(-100.0, 100.0),
+        metavar=("MIN", "MAX"),
+        help="arbitrary orbit: LAO(+)/RAO(-) primary angles in deg (default -100 100)",
+    )
+    parser.add_argument(
+        "--secondary-range",
+        type=finite,
+        nargs=2,
+        default=(-30.0, 30.0),
+        metavar=("MIN", "MAX"),
+        help="arbitrary orbit: cranial(+)/caudal(-) secondary angles in deg (default -30 30)",
+    )
+    parser.add_argument(
+        "--isocenter-jitter",
+        type=not_negative,
+        default=0.0,
+        help="arbitrary orbit: random isocentre shift up to this (mm)",
+    )
+    parser.add_argument(
+        "--arc",
+        type=finite,
+        nargs=2,
+        default=(0.0, 360.0),
+        metavar=("START", "STOP"),
+        help="circular orbit: primary-angle arc in deg (default 0 360)",
+    )
+    parser.add_argument(
+        "--isocenter", type=finite, nargs=3, metavar=("X", "Y", "Z"), help="world mm (default: volume centre)"
+    )
     parser.add_argument("--sid", type=positive, default=600.0, help="source-to-isocentre distance in mm (default 600)")
     parser.add_argument("--sdd", type=positive, default=1000.0, help="source-to-detector distance in mm (default 1000)")
-    parser.add_argument("--detector-pixels", type=count, nargs=2, default=(256, 256), metavar=("W", "H"), help="default 256 256")
-    parser.add_argument("--pixel-size", type=positive, nargs="+", default=[1.6], metavar="MM", help="detector pixel size (su [sv]) in mm, default 1.6")
-    parser.add_argument("--detector-offset", type=finite, nargs=2, default=(0.0, 0.0), metavar=("U", "V"), help="panel offset in mm")
-    parser.add_argument("--photons", type=positive, help="add Poisson noise for this many unattenuated photons per pixel")
+    parser.add_argument(
+        "--detector-pixels", type=count, nargs=2, default=(256, 256), metavar=("W", "H"), help="default 256 256"
+    )
+    parser.add_argument(
+        "--pixel-size",
+        type=positive,
+        nargs="+",
+        default=[1.6],
+        metavar="MM",
+        help="detector pixel size (su [sv]) in mm, default 1.6",
+    )
+    parser.add_argument(
+        "--detector-offset", type=finite, nargs=2, default=(0.0, 0.0), metavar=("U", "V"), help="panel offset in mm"
+    )
+    parser.add_argument(
+        "--photons", type=positive, help="add Poisson noise for this many unattenuated photons per pixel"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed for poses and noise (default 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing scan in the output folder")
@@ -86,8 +130,11 @@ def _run_simulate(args) -> int:
     if len(args.pixel_size) not in (1, 2):
         raise IXGSError("--pixel-size takes one value (square pixels) or two (su sv)")
     width, height = args.detector_pixels
-    check_memory(args.views * width * height * 16, f"{args.views} views of {width}x{height} pixels",
-                 "give fewer --views or --detector-pixels")
+    check_memory(
+        args.views * width * height * 16,
+        f"{args.views} views of {width}x{height} pixels",
+        "give fewer --views or --detector-pixels",
+    )
     if args.volume is None:
         check_memory(args.phantom_size**3 * 24, f"a {args.phantom_size}^3 phantom", "give a smaller --phantom-size")
     attenuation, source = _load_attenuation(args)
@@ -97,11 +144,24 @@ def _run_simulate(args) -> int:
     if args.orbit == "circular":
         poses = circular_poses(args.views, tuple(args.arc), isocenter)
     else:
-        poses = arbitrary_poses(args.views, tuple(args.primary_range), tuple(args.secondary_range),
-                                args.isocenter_jitter, isocenter, args.seed)
+        poses = arbitrary_poses(
+            args.views,
+            tuple(args.primary_range),
+            tuple(args.secondary_range),
+            args.isocenter_jitter,
+            isocenter,
+            args.seed,
+        )
     path = simulate_scan(
-        output, attenuation, poses, setup, str(resolve_device(args.device)), progress_bar("projecting"),
-        args.photons, args.seed, circular=args.orbit == "circular",
+        output,
+        attenuation,
+        poses,
+        setup,
+        str(resolve_device(args.device)),
+        progress_bar("projecting"),
+        args.photons,
+        args.seed,
+        circular=args.orbit == "circular",
     )
     width, height = setup.detector.pixels
     print(
@@ -111,10 +171,10 @@ def _run_simulate(args) -> int:
     return 0
 
 
-
 def _add_info(subparsers) -> None:
     parser = subparsers.add_parser(
-        "info", help="summarize a scan folder and list its problems",
+        "info",
+        help="summarize a scan folder and list its problems",
         description="Show a scan's views, geometry and ROI, and every problem found; exit code 1 if any.",
     )
     parser.add_argument("scan", help="scan folder (holding scan.json)")
@@ -156,5 +216,3 @@ def _run_info(args) -> int:
         return 1
     print("problems  none")
     return 0
-
-

@@ -25,9 +25,9 @@ from ixgs_engine.io import atomic_output
 from ixgs_engine.io.scan import load_projections, read_scan
 from ixgs_engine.io.volumes import read_volume, require_finite
 from ixgs_engine.phantoms import hu_to_attenuation
+from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.reconstruct import run_files
 from ixgs_engine.volume import Volume
-from ixgs_engine.progress import ProgressCallback
 
 METRICS_FILE = "metrics.json"
 HU_MINIMUM_BELOW = -500.0  # a volume whose minimum is below this is taken to be in HU (air = -1000)
@@ -87,8 +87,10 @@ def volume_metrics(volume: Volume, reference: Volume, bone_hu: float = DEFAULT_B
     pair = align_to_reference(volume, reference)
     threshold = bone_threshold(bone_hu)
     if not float(np.max(pair.reference.array)) > 0:
-        raise IXGSError("the reference has no positive attenuation where the volumes overlap; check the reference "
-                        "and --reference-units")
+        raise IXGSError(
+            "the reference has no positive attenuation where the volumes overlap; check the reference "
+            "and --reference-units"
+        )
     try:
         bone = surface_metrics(pair.test, pair.reference, threshold).to_dict()
     except ValueError as error:  # no reference voxel at or above the bone threshold

@@ -15,9 +15,9 @@ import numpy as np
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.evaluate.metrics import psnr_2d, ssim_2d
 from ixgs_engine.io.scan import Projections
+from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.simulate import render_line_integrals
 from ixgs_engine.volume import Volume
-from ixgs_engine.progress import ProgressCallback
 
 
 @dataclass
@@ -67,7 +67,8 @@ def compare_views(
     measured = projections.values[chosen]
     blank = [v for v, image in zip(chosen, measured, strict=True) if not float(image.max()) > 0]
     if blank:
-        raise IXGSError(f"views {blank} have no positive line integral (no object in the X-ray); leave them out "
-                        "with --views")
+        raise IXGSError(
+            f"views {blank} have no positive line integral (no object in the X-ray); leave them out with --views"
+        )
     rendered = render_line_integrals(volume, projections.matrices[chosen], projections.image_shape, device, progress)
     return ViewComparison(chosen, measured, rendered, psnr_2d(rendered, measured), ssim_2d(rendered, measured))

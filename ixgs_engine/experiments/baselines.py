@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 from ixgs_engine.errors import IXGSError
+from ixgs_engine.geometry.roi import roi_grid
 from ixgs_engine.io.scan import load_projections, read_scan
 from ixgs_engine.io.volumes import write_volume
-from ixgs_engine.geometry.roi import roi_grid
 from ixgs_engine.reconstruct import run_files
 from ixgs_engine.reconstruct.data import detector_voxel_size
 from ixgs_engine.volume import Volume

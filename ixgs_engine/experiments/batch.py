@@ -13,10 +13,10 @@ from ixgs_engine.evaluate.evaluation import scan_reference_path, volume_metrics
 from ixgs_engine.experiments.runner import ResultStore, run_tasks
 from ixgs_engine.io import atomic_output
 from ixgs_engine.io.volumes import read_volume
+from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.reconstruct import run_files
 from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.pipeline import reconstruct_scan
-from ixgs_engine.progress import ProgressCallback
 
 RESULTS_FILE = "batch.json"
 
@@ -35,17 +35,36 @@ def reconstruct_case(task: tuple[str, str, ReconstructionConfig, str, float | No
     scan, output, config, device, voxel_size, volume_format, threshold = task
     unfinished = run_files.has_checkpoint(output) and not (Path(output) / run_files.SUMMARY_FILE).is_file()
     try:
-        summary, volume = reconstruct_scan(scan, output, config, device, resume=unfinished, voxel_size=voxel_size,
-                                           volume_format=volume_format, threshold=threshold, overwrite=True)
+        summary, volume = reconstruct_scan(
+            scan,
+            output,
+            config,
+            device,
+            resume=unfinished,
+            voxel_size=voxel_size,
+            volume_format=volume_format,
+            threshold=threshold,
+            overwrite=True,
+        )
     except IXGSError as error:
         return {"scan": scan, "error": str(error)}
-    result = {"scan": scan, "output": output, "views": summary.views, "iterations": summary.iterations,
-              "final_loss": summary.final_loss, "seconds": summary.total_seconds, "volume": summary.volume_path}
+    result = {
+        "scan": scan,
+        "output": output,
+        "views": summary.views,
+        "iterations": summary.iterations,
+        "final_loss": summary.final_loss,
+        "seconds": summary.total_seconds,
+        "volume": summary.volume_path,
+    }
     truth = scan_reference_path(Path(scan))
     if truth is not None:
         metrics = volume_metrics(volume, read_volume(truth))
-        result |= {"psnr_3d_db": metrics["psnr_3d_db"], "ssim_3d": metrics["ssim_3d"],
-                   "bone_dice": metrics["bone"]["dice"]}
+        result |= {
+            "psnr_3d_db": metrics["psnr_3d_db"],
+            "ssim_3d": metrics["ssim_3d"],
+            "bone_dice": metrics["bone"]["dice"],
+        }
     return result
 
 
@@ -78,8 +97,11 @@ def run_batch(
     gpu = resolve_device(device).type == "cuda"
     if cluster is not None and device == "auto":
         device = "cuda" if gpu else "cpu"
-    tasks = {n: (str(s), str(output_dir / n), config, device, voxel_size, volume_format, threshold)
-             for n, s in zip(names, scans, strict=True) if n not in store.rows}
+    tasks = {
+        n: (str(s), str(output_dir / n), config, device, voxel_size, volume_format, threshold)
+        for n, s in zip(names, scans, strict=True)
+        if n not in store.rows
+    }
     done = len(names) - len(tasks)
     failures: dict[str, str] = {}
     for name, result in run_tasks(reconstruct_case, tasks, cluster, use_gpu=gpu):
@@ -90,24 +112,30 @@ def run_batch(
         done += 1
         if progress is not None:
             progress(done, len(names), {"case": name})
-    table = write_batch_table(output_dir / "batch.md", [(n, store.rows.get(n, {"error": failures.get(n, "")}))
-                                                        for n in names if n in store.rows or n in failures])
+    table = write_batch_table(
+        output_dir / "batch.md",
+        [(n, store.rows.get(n, {"error": failures.get(n, "")})) for n in names if n in store.rows or n in failures],
+    )
     return BatchResult(dict(store.rows), failures, table)
 
 
 def write_batch_table(path: Path, rows: list[tuple[str, dict]]) -> Path:
     """The cases as a markdown table (metrics where a ground truth was recorded; a failed case
     with its message)."""
-    lines = ["| case | views | iterations | final loss | seconds | 3-D PSNR dB | 3-D SSIM | bone Dice | volume |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| case | views | iterations | final loss | seconds | 3-D PSNR dB | 3-D SSIM | bone Dice | volume |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in rows:
         if "error" in r:
             lines.append(f"| {name} | failed: {r['error'].replace('|', '/')} | | | | | | | |")
             continue
         metrics = [f"{r[k]:.3f}" if k in r else "-" for k in ("psnr_3d_db", "ssim_3d", "bone_dice")]
-        lines.append(f"| {name} | {r['views']} | {r['iterations']} | {r['final_loss']:.4g} | {r['seconds']:.1f} | "
-                     + " | ".join(metrics) + f" | {r['volume']} |")
+        lines.append(
+            f"| {name} | {r['views']} | {r['iterations']} | {r['final_loss']:.4g} | {r['seconds']:.1f} | "
+            + " | ".join(metrics)
+            + f" | {r['volume']} |"
+        )
     with atomic_output(path) as temp:
         temp.write_text("\n".join(lines) + "\n")
     return path
-

@@ -26,6 +26,7 @@ from ixgs_engine.geometry.carm import Detector
 from ixgs_engine.io.scan import write_scan
 from ixgs_engine.io.volumes import write_volume
 from ixgs_engine.phantoms import hu_to_attenuation, make_phantom
+from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.reconstruct.config import preset
 from ixgs_engine.reconstruct.pipeline import reconstruct_scan
 from ixgs_engine.simulate import (
@@ -38,7 +39,6 @@ from ixgs_engine.simulate import (
     roi_of_volume,
 )
 from ixgs_engine.volume import Volume
-from ixgs_engine.progress import ProgressCallback
 
 FIELD_OF_VIEW_MM = 192.0  # the phantom's field of view, whatever the grid size (as `ixgs demo`)
 PANEL_MM = 409.6  # the engine's default simulated panel width (256 x 1.6 mm)
@@ -75,8 +75,10 @@ class Row:
 
     @property
     def key(self) -> str:
-        return (f"{self.orbit}-{self.views}v-{self.init}-rot{self.rotation_noise_deg:g}deg"
-                f"-shift{self.translation_noise_mm:g}mm")
+        return (
+            f"{self.orbit}-{self.views}v-{self.init}-rot{self.rotation_noise_deg:g}deg"
+            f"-shift{self.translation_noise_mm:g}mm"
+        )
 
 
 def perturb_matrices(
@@ -124,8 +126,14 @@ def simulate_row_scan(folder: Path, settings: Settings, row: Row, truth: Volume)
             true_matrices, row.rotation_noise_deg, row.translation_noise_mm, centre, settings.seed + 1
         )
     write_volume(folder / GROUND_TRUTH_FILE, truth)
-    write_scan(folder, list(images), list(used), roi=roi_of_volume(truth), pixel_spacing=(pixel, pixel),
-               extra={"ground_truth": GROUND_TRUTH_FILE, "experiment_row": asdict(row)})
+    write_scan(
+        folder,
+        list(images),
+        list(used),
+        roi=roi_of_volume(truth),
+        pixel_spacing=(pixel, pixel),
+        extra={"ground_truth": GROUND_TRUTH_FILE, "experiment_row": asdict(row)},
+    )
     return folder
 
 
@@ -146,14 +154,22 @@ def run_row(task: tuple[Settings, Row, str]) -> dict:
     folder_path = Path(folder)
     truth = phantom_truth(settings)
     scan = simulate_row_scan(folder_path / "scan", settings, row, truth)
-    config = preset(settings.preset, iterations=settings.iterations, num_gaussians=settings.gaussians,
-                    init=row.init, seed=settings.seed)
+    config = preset(
+        settings.preset,
+        iterations=settings.iterations,
+        num_gaussians=settings.gaussians,
+        init=row.init,
+        seed=settings.seed,
+    )
     voxel = float(truth.spacing[0])
     summary, volume = reconstruct_scan(scan, folder_path / "ixgs", config, settings.device, voxel_size=voxel)
     sart_summary, sart_volume = run_baseline("sart", scan, folder_path / "sart", settings.sart_iterations, voxel)
-    return (asdict(row) | {"key": row.key, "ixgs_iterations": summary.iterations}
-            | _scores("ixgs", volume, truth, summary.total_seconds)
-            | _scores("sart", sart_volume, truth, sart_summary["total_seconds"]))
+    return (
+        asdict(row)
+        | {"key": row.key, "ixgs_iterations": summary.iterations}
+        | _scores("ixgs", volume, truth, summary.total_seconds)
+        | _scores("sart", sart_volume, truth, sart_summary["total_seconds"])
+    )
 
 
 def run_experiment(

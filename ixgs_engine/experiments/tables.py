@@ -14,10 +14,20 @@ from ixgs_engine.io import atomic_output
 from ixgs_engine.report.plots import figure_png
 
 METHODS = (("ixgs", "IXGS"), ("sart", "RTK SART"))
-SCORES = (("psnr_db", "PSNR dB", ".2f"), ("ssim", "SSIM", ".3f"), ("bone_dice", "bone Dice", ".3f"),
-          ("bone_msd_mm", "bone MSD mm", ".2f"), ("seconds", "s", ".1f"))
-CONFIG_COLUMNS = (("orbit", "orbit"), ("views", "views"), ("init", "IXGS init"),
-                  ("rotation_noise_deg", "pose error deg"), ("translation_noise_mm", "pose error mm"))
+SCORES = (
+    ("psnr_db", "PSNR dB", ".2f"),
+    ("ssim", "SSIM", ".3f"),
+    ("bone_dice", "bone Dice", ".3f"),
+    ("bone_msd_mm", "bone MSD mm", ".2f"),
+    ("seconds", "s", ".1f"),
+)
+CONFIG_COLUMNS = (
+    ("orbit", "orbit"),
+    ("views", "views"),
+    ("init", "IXGS init"),
+    ("rotation_noise_deg", "pose error deg"),
+    ("translation_noise_mm", "pose error mm"),
+)
 
 
 def _ordered(rows: dict, keys: list[str]) -> list[dict]:
@@ -33,8 +43,11 @@ def _write_files(
     output_dir: Path, kind: str, lines: list[str], head: list[str], body: list[list[str]], png: bytes
 ) -> dict[str, Path]:
     """``<kind>.md`` (``lines``), ``<kind>.csv`` (``head`` + ``body``) and ``<kind>.png``, atomically."""
-    paths = {"markdown": output_dir / f"{kind}.md", "csv": output_dir / f"{kind}.csv",
-             "plot": output_dir / f"{kind}.png"}
+    paths = {
+        "markdown": output_dir / f"{kind}.md",
+        "csv": output_dir / f"{kind}.csv",
+        "plot": output_dir / f"{kind}.png",
+    }
     with atomic_output(paths["markdown"]) as temp:
         temp.write_text("\n".join(lines) + "\n")
     with atomic_output(paths["csv"]) as temp, temp.open("w", newline="") as handle:

@@ -110,7 +110,7 @@ class GaussianModel:
         scale_bounds: tuple[float, float] = SCALE_BOUNDS,
         normalization: SceneNormalization | None = None,
     ) -> None:
-        raw = dict(zip(PARAMETER_NAMES, (positions, raw_scales, raw_rotations, raw_densities)))
+        raw = dict(zip(PARAMETER_NAMES, (positions, raw_scales, raw_rotations, raw_densities), strict=True))
         self._params = {name: nn.Parameter(value.detach().clone()) for name, value in raw.items()}
         self.scale_bounds = (float(scale_bounds[0]), float(scale_bounds[1]))
         self.normalization = normalization

@@ -78,9 +78,7 @@ def carm_projection_matrix(
     ou, ov = detector.offset
     cu = (width - 1) / 2.0 - ou / su
     cv = (height - 1) / 2.0 - ov / sv
-    intrinsics = np.array(
-        [[source_to_detector / su, 0.0, cu], [0.0, source_to_detector / sv, cv], [0.0, 0.0, 1.0]]
-    )
+    intrinsics = np.array([[source_to_detector / su, 0.0, cu], [0.0, source_to_detector / sv, cv], [0.0, 0.0, 1.0]])
     camera = np.vstack([u_axis, v_axis, beam])
     return intrinsics @ np.hstack([camera, (-camera @ source)[:, None]])
 

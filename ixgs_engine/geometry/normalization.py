@@ -23,7 +23,7 @@ class SceneNormalization:
     scale: float
 
     @classmethod
-    def from_roi(cls, roi: ROI) -> "SceneNormalization":
+    def from_roi(cls, roi: ROI) -> SceneNormalization:
         return cls(center=roi.center.copy(), direction=roi.direction.copy(), scale=2.0 / float(np.max(roi.size)))
 
     def world_to_normalized_matrix(self) -> np.ndarray:

@@ -204,7 +204,9 @@ def read_scan(path: str | Path, require_poses: bool = True) -> Scan:
     try:
         data = json.loads(json_path.read_text())
     except json.JSONDecodeError as error:
-        raise ScanError(f"{json_path} is not valid JSON (line {error.lineno}, column {error.colno}): {error.msg}") from None
+        raise ScanError(
+            f"{json_path} is not valid JSON (line {error.lineno}, column {error.colno}): {error.msg}"
+        ) from None
     except UnicodeDecodeError as error:
         raise ScanError(f"{json_path} is not valid JSON ({error})") from None
     if not isinstance(data, dict):
@@ -337,7 +339,9 @@ def _view_problems(scan: Scan, roi: ROI | None) -> Iterator[tuple[int, np.ndarra
                     view.image,
                 )
             if scan.image_kind == "intensity":
-                values = _intensity_to_line_integral(pixels, view.i0 if view.i0 is not None else scan.i0, index, view.image)
+                values = _intensity_to_line_integral(
+                    pixels, view.i0 if view.i0 is not None else scan.i0, index, view.image
+                )
             else:
                 values = pixels
             _check_line_integral(values, index, view.image)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ixgs_engine.errors import write_error_fix, VolumeIOError
+from ixgs_engine.errors import VolumeIOError, write_error_fix
 from ixgs_engine.io import atomic_output, extension_of, itk_reason
 from ixgs_engine.volume import Volume
 
@@ -34,9 +34,7 @@ def read_volume(path: str | Path, series_id: str | None = None) -> Volume:
         image = _read_dicom_series(path, series_id)
     else:
         if series_id is not None:
-            raise VolumeIOError(
-                path, "series_id was given for a file", "series_id picks a series in a DICOM folder"
-            )
+            raise VolumeIOError(path, "series_id was given for a file", "series_id picks a series in a DICOM folder")
         extension = extension_of(path)
         if extension not in READ_EXTENSIONS:
             raise VolumeIOError(
@@ -118,9 +116,7 @@ def _read_dicom_series(folder: Path, series_id: str | None) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     available = list(reader.GetGDCMSeriesIDs(str(folder)))
     if not available:
-        raise VolumeIOError(
-            folder, "holds no DICOM series", "give a volume file or the folder of a DICOM series"
-        )
+        raise VolumeIOError(folder, "holds no DICOM series", "give a volume file or the folder of a DICOM series")
     if series_id is None and len(available) > 1:
         raise VolumeIOError(
             folder,

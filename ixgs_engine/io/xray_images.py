@@ -94,9 +94,7 @@ class XrayImage:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def read_xray_image(
-    path: str | Path, frame: int | None = None, apply_voi: bool = False
-) -> XrayImage:
+def read_xray_image(path: str | Path, frame: int | None = None, apply_voi: bool = False) -> XrayImage:
     """Read one X-ray image; ``frame`` (0-based) picks a frame of a multi-frame DICOM.
 
     The format is recognised from the file's content (the DICOM 'DICM' preamble, the TIFF, PNG
@@ -176,9 +174,7 @@ def _format_of(path: Path) -> str:
             "is not a DICOM file (no 'DICM' preamble) and has no extension to tell its format",
             f"supported formats: {_SUPPORTED}",
         )
-    raise ImageReadError(
-        path, f"has an unsupported image format '{extension}'", f"use {_SUPPORTED}"
-    )
+    raise ImageReadError(path, f"has an unsupported image format '{extension}'", f"use {_SUPPORTED}")
 
 
 def _check_frame(path: Path, frame: int | None, count: int) -> int:
@@ -246,9 +242,7 @@ def _as_2d_float(path: Path, array: np.ndarray) -> np.ndarray:
     while array.ndim > 2 and array.shape[0] == 1:
         array = array[0]
     if array.size == 0:
-        raise ImageReadError(
-            path, "holds no pixels", "check that the file is complete and not corrupt"
-        )
+        raise ImageReadError(path, "holds no pixels", "check that the file is complete and not corrupt")
     if array.ndim != 2:
         shape = " x ".join(str(n) for n in array.shape)
         raise ImageReadError(
@@ -256,14 +250,8 @@ def _as_2d_float(path: Path, array: np.ndarray) -> np.ndarray:
             f"holds a {shape} array, not a 2-D greyscale image",
             "give one single-channel X-ray per file (or one frame of a DICOM with views[].frame)",
         )
-    if not (
-        np.issubdtype(array.dtype, np.integer)
-        or np.issubdtype(array.dtype, np.floating)
-        or array.dtype == bool
-    ):
-        raise ImageReadError(
-            path, f"holds {array.dtype} values, not real numbers", "store real pixel values"
-        )
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating) or array.dtype == bool):
+        raise ImageReadError(path, f"holds {array.dtype} values, not real numbers", "store real pixel values")
     return array.astype(np.float32)
 
 
@@ -382,14 +370,9 @@ def _plain(value: Any) -> Any:
 
 
 def _unreadable(path: Path, reason: str) -> ImageReadError:
-    return ImageReadError(
-        path, f"cannot be read ({reason})", "check that the file is complete and not corrupt"
-    )
+    return ImageReadError(path, f"cannot be read ({reason})", "check that the file is complete and not corrupt")
 
 
 def _reason(error: Exception) -> str:
     """An exception's message on one line, or its type when it has none."""
-    return (
-        " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-        or type(error).__name__
-    )
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__

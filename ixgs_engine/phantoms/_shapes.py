@@ -62,8 +62,8 @@ def ellipsoid_sdf(coords: Sequence[np.ndarray], semi_axes: Sequence[np.ndarray |
     spheres and accurate near the surface, which is where the partial-volume ramp needs it.
     Semi-axes may be arrays broadcasting against the coordinates (e.g. varying along z).
     """
-    r = np.sqrt(sum((c / a) ** 2 for c, a in zip(coords, semi_axes)))
-    grad = np.sqrt(sum((c / np.square(a)) ** 2 for c, a in zip(coords, semi_axes)))
+    r = np.sqrt(sum((c / a) ** 2 for c, a in zip(coords, semi_axes, strict=True)))
+    grad = np.sqrt(sum((c / np.square(a)) ** 2 for c, a in zip(coords, semi_axes, strict=True)))
     smallest = reduce(np.minimum, semi_axes)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(grad > 0, r / grad, smallest)
@@ -72,7 +72,7 @@ def ellipsoid_sdf(coords: Sequence[np.ndarray], semi_axes: Sequence[np.ndarray |
 
 def rounded_box_sdf(local: Sequence[np.ndarray], half_size: Sequence[float], rounding: float) -> np.ndarray:
     """Exact signed distance to a box with rounded edges, in its local frame (centred at 0)."""
-    q = [np.abs(c) - (h - rounding) for c, h in zip(local, half_size)]
+    q = [np.abs(c) - (h - rounding) for c, h in zip(local, half_size, strict=True)]
     outside = np.sqrt(sum(np.square(np.maximum(qi, 0.0)) for qi in q))
     inside = np.minimum(reduce(np.maximum, q), 0.0)
     return outside + inside - rounding
@@ -118,12 +118,12 @@ class Canvas:
     def region(self, low: Sequence[float], high: Sequence[float]) -> Region:
         """Voxels whose centres lie in the box [low, high] (x, y, z), widened by one ramp."""
         slices = []
-        for axis, lo, hi in zip(self._axes, low, high):
+        for axis, lo, hi in zip(self._axes, low, high, strict=True):
             start = int(np.searchsorted(axis, lo - self.ramp))
             stop = int(np.searchsorted(axis, hi + self.ramp, side="right"))
             slices.append(slice(start, max(start, stop)))
         sx, sy, sz = slices
-        x, y, z = (axis[s] for axis, s in zip(self._axes, slices))
+        x, y, z = (axis[s] for axis, s in zip(self._axes, slices, strict=True))
         return Region((sz, sy, sx), x[None, None, :], y[None, :, None], z[:, None, None])
 
     def voxel_size_zyx(self) -> np.ndarray:

@@ -39,9 +39,7 @@ def water_attenuation_per_mm(kev: float) -> float:
     NIST table; energies outside 40-150 keV raise ValueError rather than extrapolate."""
     energies = np.array(sorted(WATER_MASS_ATTENUATION_CM2_PER_G))
     if not energies[0] <= kev <= energies[-1]:
-        raise ValueError(
-            f"water attenuation is tabulated for {energies[0]:g}-{energies[-1]:g} keV, got {kev} keV"
-        )
+        raise ValueError(f"water attenuation is tabulated for {energies[0]:g}-{energies[-1]:g} keV, got {kev} keV")
     mass = np.array([WATER_MASS_ATTENUATION_CM2_PER_G[e] for e in energies])
     mass_at_kev = np.exp(np.interp(np.log(kev), np.log(energies), np.log(mass)))
     return float(mass_at_kev * WATER_DENSITY_G_PER_CM3 / 10.0)

@@ -91,9 +91,7 @@ def shepp_logan_ellipsoids(
     return ellipsoids
 
 
-def shepp_logan_3d(
-    shape: tuple[int, int, int] = (128, 128, 128), spacing_mm: float | Sequence[float] = 1.5
-) -> Volume:
+def shepp_logan_3d(shape: tuple[int, int, int] = (128, 128, 128), spacing_mm: float | Sequence[float] = 1.5) -> Volume:
     """The modified 3-D Shepp-Logan head (HU, float32), partial-volume anti-aliased edges."""
     canvas = Canvas(centred_geometry(shape, spacing_mm), 1.0, HU_AIR)
     for ellipsoid in shepp_logan_ellipsoids(shape, spacing_mm):

@@ -67,9 +67,14 @@ def _pair_costs(uv_beads: np.ndarray, r_beads: np.ndarray, uv_det: np.ndarray, r
     return d2 + (RADIUS_WEIGHT * dr) ** 2
 
 
-def coarse_search(phantom: BeadPhantom, detections: list[Detection], intrinsics: np.ndarray,
-                  keep: int = 24, rotations: np.ndarray | None = None, chunk: int = 1000
-                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+def coarse_search(
+    phantom: BeadPhantom,
+    detections: list[Detection],
+    intrinsics: np.ndarray,
+    keep: int = 24,
+    rotations: np.ndarray | None = None,
+    chunk: int = 1000,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """The ``keep`` best (R, t) placements of the phantom for these detections, at least 15
     degrees apart.
 
@@ -91,7 +96,7 @@ def coarse_search(phantom: BeadPhantom, detections: list[Detection], intrinsics:
     tolerance = size_tolerance(phantom)
     votes, placements = [], []
     for start in range(0, len(rotations), chunk):
-        R = rotations[start:start + chunk]
+        R = rotations[start : start + chunk]
         m = len(R)
         cam = np.einsum("mij,nj->mni", R, local)
         spread3 = np.sqrt(np.mean(np.sum(cam[..., :2] ** 2, axis=-1), axis=1))
@@ -151,8 +156,9 @@ def size_tolerance(phantom: BeadPhantom) -> float:
     return float(min(0.25, 0.5 * np.min(np.diff(np.log(sizes)))))
 
 
-def assign(matrix: np.ndarray, phantom: BeadPhantom, detections: list[Detection],
-           gate_px: float) -> list[tuple[int, int]]:
+def assign(
+    matrix: np.ndarray, phantom: BeadPhantom, detections: list[Detection], gate_px: float
+) -> list[tuple[int, int]]:
     """Hungarian assignment of beads to detections, pairs farther than ``gate_px`` dropped.
     A detection with a known bead index (a labelled manual point) pairs with that bead only."""
     uv, radii, depth = projected_beads(matrix, phantom)
@@ -173,9 +179,16 @@ def assign(matrix: np.ndarray, phantom: BeadPhantom, detections: list[Detection]
     return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if cost[r, c] < gate_px**2]
 
 
-def match_and_solve(phantom: BeadPhantom, detections: list[Detection], intrinsics: np.ndarray,
-                    rotation: np.ndarray, translation: np.ndarray, gate_px: float, final_gate_px: float,
-                    iterations: int = 12) -> Match | None:
+def match_and_solve(
+    phantom: BeadPhantom,
+    detections: list[Detection],
+    intrinsics: np.ndarray,
+    rotation: np.ndarray,
+    translation: np.ndarray,
+    gate_px: float,
+    final_gate_px: float,
+    iterations: int = 12,
+) -> Match | None:
     """Alternate assignment and PnP from a starting pose while the gate shrinks to
     ``final_gate_px``; None when fewer than 4 pairs survive."""
     R, t = rotation, translation
@@ -205,8 +218,14 @@ def match_and_solve(phantom: BeadPhantom, detections: list[Detection], intrinsic
     return Match(R, t, intrinsics, pairs, rms)
 
 
-def best_match(phantom: BeadPhantom, detections: list[Detection], intrinsics_options: list[np.ndarray],
-               image_shape: tuple[int, int], nominal: np.ndarray | None = None, keep: int = 24) -> Match | None:
+def best_match(
+    phantom: BeadPhantom,
+    detections: list[Detection],
+    intrinsics_options: list[np.ndarray],
+    image_shape: tuple[int, int],
+    nominal: np.ndarray | None = None,
+    keep: int = 24,
+) -> Match | None:
     """The best hypothesis (see :func:`_better`) over the intrinsics options (e.g. mirrored or
     not), starting from the global search and the nominal pose if any."""
     uv = np.array([[d.u, d.v] for d in detections])
@@ -239,17 +258,25 @@ def best_match(phantom: BeadPhantom, detections: list[Detection], intrinsics_opt
     # missed beads), then polish the winner.
     winner = best
     for R, t in reindexed_starts(best, phantom, uv, None, (0.3, 1.0)):
-        winner = _better(winner, _quick_match(phantom, detections, best.intrinsics, R, t, final_gate), image_shape,
-                         phantom)
+        winner = _better(
+            winner, _quick_match(phantom, detections, best.intrinsics, R, t, final_gate), image_shape, phantom
+        )
     if winner is not best:
-        polished = match_and_solve(phantom, detections, winner.intrinsics, winner.rotation, winner.translation,
-                                   final_gate, final_gate)
+        polished = match_and_solve(
+            phantom, detections, winner.intrinsics, winner.rotation, winner.translation, final_gate, final_gate
+        )
         winner = _better(winner, polished, image_shape, phantom)
     return winner
 
 
-def _quick_match(phantom: BeadPhantom, detections: list[Detection], intrinsics: np.ndarray, rotation: np.ndarray,
-                 translation: np.ndarray, gate_px: float) -> Match | None:
+def _quick_match(
+    phantom: BeadPhantom,
+    detections: list[Detection],
+    intrinsics: np.ndarray,
+    rotation: np.ndarray,
+    translation: np.ndarray,
+    gate_px: float,
+) -> Match | None:
     """One assignment, one PnP update and a final assignment from a pose (no gate schedule)."""
     uv = np.array([[d.u, d.v] for d in detections])
     pairs = assign(extrinsics_matrix(intrinsics, rotation, translation), phantom, detections, gate_px)
@@ -284,8 +311,9 @@ def missed_beads(match: Match, phantom: BeadPhantom, image_shape: tuple[int, int
     return int(np.sum(clear & inside & ~matched))
 
 
-def _better(best: Match | None, found: Match | None, image_shape: tuple[int, int],
-            phantom: BeadPhantom) -> Match | None:
+def _better(
+    best: Match | None, found: Match | None, image_shape: tuple[int, int], phantom: BeadPhantom
+) -> Match | None:
     """The match with more pairs minus missed beads wins (a helix shifted along itself can fit
     the detected beads as well, but then predicts clear beads where none were found); on a tie
     the lower RMS."""
@@ -300,8 +328,9 @@ def _better(best: Match | None, found: Match | None, image_shape: tuple[int, int
     return found if key(found) > key(best) else best
 
 
-def reindexed_starts(match: Match, phantom: BeadPhantom, uv: np.ndarray, limit: int | None = 6,
-                     thresholds_px: tuple[float, ...] = (1.0,)) -> list[tuple[np.ndarray, np.ndarray]]:
+def reindexed_starts(
+    match: Match, phantom: BeadPhantom, uv: np.ndarray, limit: int | None = 6, thresholds_px: tuple[float, ...] = (1.0,)
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Poses for the match's detections relabelled as beads ``k + b`` or ``k - b``: a helix is
     unchanged by screw motions and by half-turns about axes across it, so a pose that explains
     the detections with beads shifted along the helix (or in reverse order) is a typical wrong
@@ -318,8 +347,9 @@ def reindexed_starts(match: Match, phantom: BeadPhantom, uv: np.ndarray, limit: 
             if valid.sum() < MIN_PNP_POINTS + 2:
                 continue
             for threshold in thresholds_px:
-                found = pnp_ransac(phantom.positions[labels[valid]], uv[np.array(dets)[valid]], match.intrinsics,
-                                   threshold)
+                found = pnp_ransac(
+                    phantom.positions[labels[valid]], uv[np.array(dets)[valid]], match.intrinsics, threshold
+                )
                 if found is not None:
                     scored.append((int(found[2].sum()), found[:2]))
     scored.sort(key=lambda item: -item[0])

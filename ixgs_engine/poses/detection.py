@@ -43,8 +43,13 @@ class Detection:
     def from_dict(cls, data: dict) -> Detection:
         values = {k: (math.nan if data.get(k) is None else float(data[k])) for k in ("radius", "amplitude", "snr")}
         bead = data.get("bead")
-        return cls(float(data["u"]), float(data["v"]), source=str(data.get("source", "auto")),
-                   bead=None if bead is None else int(bead), **values)
+        return cls(
+            float(data["u"]),
+            float(data["v"]),
+            source=str(data.get("source", "auto")),
+            bead=None if bead is None else int(bead),
+            **values,
+        )
 
 
 def noise_sigma(image: np.ndarray) -> float:
@@ -72,8 +77,8 @@ def _fit_bead(image: np.ndarray, u0: float, v0: float, r0: float, bounds_r: tupl
     va, vb = max(int(round(v0)) - half, 0), min(int(round(v0)) + half, height - 1)
     if ub - ua < 4 or vb - va < 4:
         return None
-    patch = image[va:vb + 1, ua:ub + 1]
-    vs, us = np.mgrid[va:vb + 1, ua:ub + 1].astype(np.float64)
+    patch = image[va : vb + 1, ua : ub + 1]
+    vs, us = np.mgrid[va : vb + 1, ua : ub + 1].astype(np.float64)
     ring = np.hypot(us - u0, vs - v0) > r0 + 1
     background = float(np.median(patch[ring])) if ring.any() else float(patch.min())
     amplitude0 = max(float(image[int(round(v0)), int(round(u0))]) - background, 1e-6)
@@ -85,16 +90,24 @@ def _fit_bead(image: np.ndarray, u0: float, v0: float, r0: float, bounds_r: tupl
         model = p[3] * bead_profile(us - p[0], vs - p[1], p[2]) + p[4] + p[5] * (us - u0) + p[6] * (vs - v0)
         return (model - patch).ravel()
 
-    fit = least_squares(residuals, start, bounds=(lower, upper), x_scale="jac", max_nfev=200, loss="soft_l1",
-                        f_scale=max(3 * sigma, 0.01 * amplitude0))
+    fit = least_squares(
+        residuals,
+        start,
+        bounds=(lower, upper),
+        x_scale="jac",
+        max_nfev=200,
+        loss="soft_l1",
+        f_scale=max(3 * sigma, 0.01 * amplitude0),
+    )
     u, v, r, amplitude = (float(x) for x in fit.x[:4])
     disc = (np.hypot(us - u, vs - v) <= r + 1).ravel()
     rms = float(np.sqrt(np.mean(residuals(fit.x)[disc] ** 2)))
     return u, v, r, amplitude, rms
 
 
-def _candidates(image: np.ndarray, sigmas: np.ndarray, sigma_noise: float, min_snr: float, edge_ratio: float,
-                limit: int) -> list[tuple[float, float, float, float]]:
+def _candidates(
+    image: np.ndarray, sigmas: np.ndarray, sigma_noise: float, min_snr: float, edge_ratio: float, limit: int
+) -> list[tuple[float, float, float, float]]:
     """Scale-space maxima of the normalized LoG that look like blobs, not ridges:
     (u, v, scale sigma, response), strongest first."""
     delta = np.zeros((33, 33))
@@ -111,7 +124,7 @@ def _candidates(image: np.ndarray, sigmas: np.ndarray, sigma_noise: float, min_s
     smooth = ndimage.gaussian_filter
     for s, v, u, value in zip(scale[keep][order], vs[keep][order], us[keep][order], response[keep][order], strict=True):
         half = int(math.ceil(4 * sigmas[s])) + 1  # the Gaussian's support: the window adds no border effect
-        window = image[max(v - half, 0):v + half + 1, max(u - half, 0):u + half + 1]
+        window = image[max(v - half, 0) : v + half + 1, max(u - half, 0) : u + half + 1]
         cv, cu = v - max(v - half, 0), u - max(u - half, 0)
         hvv = smooth(window, sigmas[s], order=(2, 0))[cv, cu]
         huu = smooth(window, sigmas[s], order=(0, 2))[cv, cu]
@@ -180,8 +193,12 @@ def merge_manual(automatic: list[Detection], manual: list[Detection], snap_px: f
     (within its radius or ``snap_px``) lends it its bead index; the others are added."""
     merged = [Detection(**asdict(d)) for d in automatic]
     for point in manual:
-        near = [d for d in merged if d.source == "auto" and math.hypot(d.u - point.u, d.v - point.v)
-                <= max(snap_px, d.radius if math.isfinite(d.radius) else 0.0)]
+        near = [
+            d
+            for d in merged
+            if d.source == "auto"
+            and math.hypot(d.u - point.u, d.v - point.v) <= max(snap_px, d.radius if math.isfinite(d.radius) else 0.0)
+        ]
         if near:
             closest = min(near, key=lambda d: math.hypot(d.u - point.u, d.v - point.v))
             closest.bead, closest.source = point.bead, "auto+manual"
@@ -209,10 +226,12 @@ def read_points(path: str | Path, view_count: int, bead_count: int) -> dict[int,
                 bead = entry.get("bead")
                 bead = None if bead is None else int(bead)
             except (KeyError, TypeError, ValueError):
-                raise IXGSError(f'{path}: view {key} point {number}: needs numbers "u" and "v" '
-                                '(and an optional whole "bead" index)') from None
+                raise IXGSError(
+                    f'{path}: view {key} point {number}: needs numbers "u" and "v" (and an optional whole "bead" index)'
+                ) from None
             if not (math.isfinite(u) and math.isfinite(v)) or (bead is not None and not 0 <= bead < bead_count):
-                raise IXGSError(f"{path}: view {key} point {number}: non-finite u/v or bead index outside "
-                                f"0..{bead_count - 1}")
+                raise IXGSError(
+                    f"{path}: view {key} point {number}: non-finite u/v or bead index outside 0..{bead_count - 1}"
+                )
             points.setdefault(int(key), []).append(Detection(u, v, source="manual", bead=bead))
     return points

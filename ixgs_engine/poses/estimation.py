@@ -35,8 +35,9 @@ def _mirror(intrinsics: np.ndarray) -> np.ndarray:
     return np.diag([1.0, -1.0 if intrinsics[1, 1] < 0 else 1.0, 1.0])
 
 
-def pnp(points: np.ndarray, uv: np.ndarray, intrinsics: np.ndarray,
-        initial: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def pnp(
+    points: np.ndarray, uv: np.ndarray, intrinsics: np.ndarray, initial: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Rotation R and translation t with ``K [R | t]`` mapping ``points`` onto ``uv``
     (reprojection error minimized by Levenberg-Marquardt). ``initial`` (R, t) starts from a
     guess; otherwise SQPnP finds the global solution first."""
@@ -58,8 +59,9 @@ def pnp(points: np.ndarray, uv: np.ndarray, intrinsics: np.ndarray,
     return cv2.Rodrigues(rvec)[0], tvec.reshape(3)
 
 
-def pnp_ransac(points: np.ndarray, uv: np.ndarray, intrinsics: np.ndarray, threshold_px: float = 3.0
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def pnp_ransac(
+    points: np.ndarray, uv: np.ndarray, intrinsics: np.ndarray, threshold_px: float = 3.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """RANSAC PnP (OpenCV, mirrored detectors handled as in :func:`pnp`): (R, t, inlier
     mask), or None when no pose gathers 4 inliers."""
     points = np.ascontiguousarray(points, dtype=np.float64).reshape(-1, 3)
@@ -68,8 +70,9 @@ def pnp_ransac(points: np.ndarray, uv: np.ndarray, intrinsics: np.ndarray, thres
     flip = _mirror(intrinsics)
     camera = flip @ np.asarray(intrinsics, dtype=np.float64)
     image = np.ascontiguousarray(np.asarray(uv, dtype=np.float64).reshape(-1, 2) * [1.0, flip[1, 1]])
-    ok, rvec, tvec, inliers = cv2.solvePnPRansac(points, image, camera, None, reprojectionError=threshold_px,
-                                                 iterationsCount=200, flags=cv2.SOLVEPNP_SQPNP)
+    ok, rvec, tvec, inliers = cv2.solvePnPRansac(
+        points, image, camera, None, reprojectionError=threshold_px, iterationsCount=200, flags=cv2.SOLVEPNP_SQPNP
+    )
     if not ok or inliers is None or len(inliers) < MIN_PNP_POINTS:
         return None
     mask = np.zeros(len(points), dtype=bool)
@@ -92,8 +95,10 @@ def check_non_coplanar(points: np.ndarray) -> None:
     """DLT needs beads that span 3-D: the smallest spread must not vanish."""
     spread = np.linalg.svd(points - points.mean(axis=0), compute_uv=False)
     if spread[-1] < 0.02 * spread[0]:
-        raise GeometryError("the matched beads are (nearly) coplanar; a projection matrix without known "
-                            "intrinsics needs beads spread in 3-D")
+        raise GeometryError(
+            "the matched beads are (nearly) coplanar; a projection matrix without known "
+            "intrinsics needs beads spread in 3-D"
+        )
 
 
 def dlt(points: np.ndarray, uv: np.ndarray) -> np.ndarray:

@@ -25,8 +25,9 @@ def _discs(centres: np.ndarray, radii: np.ndarray, image_shape: tuple[int, int])
     return mask
 
 
-def bead_mask(matrix: np.ndarray, phantom: BeadPhantom, image_shape: tuple[int, int],
-              margin_px: float = 1.5) -> np.ndarray:
+def bead_mask(
+    matrix: np.ndarray, phantom: BeadPhantom, image_shape: tuple[int, int], margin_px: float = 1.5
+) -> np.ndarray:
     """Pixels within ``margin_px`` of any bead's predicted shadow."""
     uv, radii, depth = projected_beads(matrix, phantom)
     front = depth > 0

@@ -17,8 +17,15 @@ from ixgs_engine.poses.phantom import BeadPhantom
 GREEN, YELLOW, RED, WHITE = (60, 220, 60), (0, 220, 255), (40, 40, 255), (255, 255, 255)  # BGR
 
 
-def overlay_png(path: str | Path, image: np.ndarray, detections: list[Detection], phantom: BeadPhantom | None = None,
-                matrix: np.ndarray | None = None, caption: str = "", min_size: int = 512) -> Path:
+def overlay_png(
+    path: str | Path,
+    image: np.ndarray,
+    detections: list[Detection],
+    phantom: BeadPhantom | None = None,
+    matrix: np.ndarray | None = None,
+    caption: str = "",
+    min_size: int = 512,
+) -> Path:
     """Write the overlay (the image is scaled up by a whole factor to at least ``min_size``)."""
     low, high = np.percentile(image, [1.0, 99.5])
     grey = np.clip((np.asarray(image, dtype=np.float64) - low) / max(high - low, 1e-12) * 255, 0, 255).astype(np.uint8)
@@ -38,8 +45,16 @@ def overlay_png(path: str | Path, image: np.ndarray, detections: list[Detection]
             if w > 0 and -0.5 <= u < image.shape[1] - 0.5 and -0.5 <= v < image.shape[0] - 0.5:
                 cv2.drawMarker(canvas, at(u, v), RED, cv2.MARKER_CROSS, 2 * zoom + 4, 1, cv2.LINE_AA)
                 x, y = at(u, v)
-                cv2.putText(canvas, str(index), (x + zoom + 3, y - zoom - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.35, RED, 1,
-                            cv2.LINE_AA)
+                cv2.putText(
+                    canvas,
+                    str(index),
+                    (x + zoom + 3, y - zoom - 3),
+                    cv2.FONT_HERSHEY_SIMPLEX,
+                    0.35,
+                    RED,
+                    1,
+                    cv2.LINE_AA,
+                )
     if caption:
         cv2.putText(canvas, caption, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, WHITE, 1, cv2.LINE_AA)
     ok, encoded = cv2.imencode(".png", canvas)

@@ -47,8 +47,9 @@ class CarmIntrinsics:
         cu, cv = self.principal_point if self.principal_point is not None else ((width - 1) / 2, (height - 1) / 2)
         su, sv = self.pixel_spacing
         sign = -1.0 if mirrored else 1.0
-        return np.array([[self.source_to_detector / su, 0.0, cu], [0.0, sign * self.source_to_detector / sv, cv],
-                         [0.0, 0.0, 1.0]])
+        return np.array(
+            [[self.source_to_detector / su, 0.0, cu], [0.0, sign * self.source_to_detector / sv, cv], [0.0, 0.0, 1.0]]
+        )
 
     def to_dict(self) -> dict:
         out: dict = {"source_to_detector": self.source_to_detector, "pixel_spacing": list(self.pixel_spacing)}
@@ -73,9 +74,15 @@ class BeadPhantom:
         return int(self.positions.shape[0])
 
     def to_dict(self) -> dict:
-        out: dict = {"format": FORMAT, "name": self.name, "units": "mm",
-                     "beads": [{"position": [round(float(c), 6) for c in p], "diameter": float(d)}
-                               for p, d in zip(self.positions, self.diameters, strict=True)]}
+        out: dict = {
+            "format": FORMAT,
+            "name": self.name,
+            "units": "mm",
+            "beads": [
+                {"position": [round(float(c), 6) for c in p], "diameter": float(d)}
+                for p, d in zip(self.positions, self.diameters, strict=True)
+            ],
+        }
         if self.intrinsics is not None:
             out["intrinsics"] = self.intrinsics.to_dict()
         return out
@@ -110,8 +117,10 @@ def phantom_from_dict(data, path: Path) -> BeadPhantom:
     """Check and parse a phantom document (``path`` only names it in messages)."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise PhantomError(f'{path}: not a bead phantom ("format" must be "{FORMAT}", got {found!r}); '
-                           "make one with `ixgs poses make-phantom`")
+        raise PhantomError(
+            f'{path}: not a bead phantom ("format" must be "{FORMAT}", got {found!r}); '
+            "make one with `ixgs poses make-phantom`"
+        )
     beads = data.get("beads")
     if not isinstance(beads, list) or not beads:
         raise PhantomError(f'{path}: "beads" must be a non-empty list of {{"position": [x, y, z], "diameter": d}}')
@@ -126,8 +135,10 @@ def phantom_from_dict(data, path: Path) -> BeadPhantom:
         diameters.append(diameter)
     points = np.asarray(positions)
     if len(points) < 6:
-        raise PhantomError(f"{path}: {len(points)} beads; a pose needs at least 6 (4 with known intrinsics), "
-                           "and robust matching many more (the helix has 24)")
+        raise PhantomError(
+            f"{path}: {len(points)} beads; a pose needs at least 6 (4 with known intrinsics), "
+            "and robust matching many more (the helix has 24)"
+        )
     if np.linalg.svd(points - points.mean(0), compute_uv=False)[-1] < 1e-3:
         raise PhantomError(f"{path}: the beads are coplanar; a projection matrix needs non-coplanar beads")
     if "world_from_phantom" in data:
@@ -150,8 +161,11 @@ def read_phantom(path: str | Path) -> BeadPhantom:
         path = Path(str(shipped))
     if path.is_dir():
         raise PhantomError(f"{path} is a folder; give a phantom JSON file from `ixgs poses make-phantom` or 'helix'")
-    data = read_json(path, "give a phantom JSON file from `ixgs poses make-phantom` or 'helix' for the shipped "
-                     "helix phantom", PhantomError)
+    data = read_json(
+        path,
+        "give a phantom JSON file from `ixgs poses make-phantom` or 'helix' for the shipped helix phantom",
+        PhantomError,
+    )
     return phantom_from_dict(data, path)
 
 
@@ -172,7 +186,7 @@ def de_bruijn_code(order: int) -> list[int]:
     def extend(t: int, p: int) -> None:
         if t > order:
             if order % p == 0:
-                sequence.extend(a[1:p + 1])
+                sequence.extend(a[1 : p + 1])
             return
         a[t] = a[t - p]
         extend(t + 1, p)
@@ -181,7 +195,7 @@ def de_bruijn_code(order: int) -> list[int]:
             extend(t + 1, t)
 
     extend(1, 1)
-    return sequence + sequence[:order - 1]
+    return sequence + sequence[: order - 1]
 
 
 def helix_phantom(
@@ -204,6 +218,7 @@ def helix_phantom(
     code = de_bruijn_code(order)[:beads]
     k = np.arange(beads)
     angle = 2 * np.pi * turns * k / beads
-    positions = np.stack([radius_mm * np.cos(angle), radius_mm * np.sin(angle),
-                          height_mm * (k / (beads - 1) - 0.5)], axis=1) + np.asarray(center, dtype=np.float64)
+    positions = np.stack(
+        [radius_mm * np.cos(angle), radius_mm * np.sin(angle), height_mm * (k / (beads - 1) - 0.5)], axis=1
+    ) + np.asarray(center, dtype=np.float64)
     return BeadPhantom(name, positions, np.asarray([diameters_mm[c] for c in code], dtype=np.float64), intrinsics)

@@ -43,8 +43,13 @@ class ViewDetections:
     message: str = ""
 
     def to_dict(self) -> dict:
-        return {"view": self.view, "image": self.image, "confidence": round(self.confidence, 4),
-                "message": self.message, "detections": [d.to_dict() for d in self.detections]}
+        return {
+            "view": self.view,
+            "image": self.image,
+            "confidence": round(self.confidence, 4),
+            "message": self.message,
+            "detections": [d.to_dict() for d in self.detections],
+        }
 
 
 @dataclass
@@ -69,12 +74,19 @@ class ViewPose:
         def number(x: float) -> float | None:
             return round(float(x), 5) if math.isfinite(x) else None
 
-        return {"view": self.view, "image": self.image, "status": "ok" if self.ok else "failed",
-                "message": self.message, "detections": self.detections, "matched_beads": len(self.pairs),
-                "rms_px": number(self.rms_px), "max_px": number(self.max_px),
-                "rms_mm": number(self.rms_px * self.pixel_mm) if self.pixel_mm else None,
-                "pairs": [[int(b), int(d)] for b, d in self.pairs],
-                "projection_matrix": self.matrix.tolist() if self.matrix is not None else None}
+        return {
+            "view": self.view,
+            "image": self.image,
+            "status": "ok" if self.ok else "failed",
+            "message": self.message,
+            "detections": self.detections,
+            "matched_beads": len(self.pairs),
+            "rms_px": number(self.rms_px),
+            "max_px": number(self.max_px),
+            "rms_mm": number(self.rms_px * self.pixel_mm) if self.pixel_mm else None,
+            "pairs": [[int(b), int(d)] for b, d in self.pairs],
+            "projection_matrix": self.matrix.tolist() if self.matrix is not None else None,
+        }
 
 
 def attenuation_image(scan: Scan, index: int) -> np.ndarray:
@@ -92,27 +104,39 @@ def view_pixel_mm(scan: Scan, phantom: BeadPhantom, index: int) -> float | None:
     return float(np.mean(spacing)) if spacing else None
 
 
-def radius_range_px(scan: Scan, phantom: BeadPhantom, index: int,
-                    override: tuple[float, float] | None = None) -> tuple[float, float]:
+def radius_range_px(
+    scan: Scan, phantom: BeadPhantom, index: int, override: tuple[float, float] | None = None
+) -> tuple[float, float]:
     """Shadow radii (px) to look for: bead radii x magnification 1-2.5 / pixel size."""
     if override is not None:
         return override
     pixel = view_pixel_mm(scan, phantom, index)
     if pixel is None:
-        raise IXGSError(f"view {index} ({scan.views[index].image}): no pixel spacing in scan.json or in the phantom's "
-                        "intrinsics, so the bead size in pixels is unknown; add pixel_spacing or pass --bead-radius-px")
+        raise IXGSError(
+            f"view {index} ({scan.views[index].image}): no pixel spacing in scan.json or in the phantom's "
+            "intrinsics, so the bead size in pixels is unknown; add pixel_spacing or pass --bead-radius-px"
+        )
     low = max(float(phantom.diameters.min()) / 2 * MAGNIFICATION_RANGE[0] / pixel, 0.7)
     return low, max(float(phantom.diameters.max()) / 2 * MAGNIFICATION_RANGE[1] / pixel, low)
 
 
-def detect_view(scan: Scan, phantom: BeadPhantom, index: int, manual: list[Detection] | None = None,
-                automatic: bool = True, radius_override: tuple[float, float] | None = None) -> ViewDetections:
+def detect_view(
+    scan: Scan,
+    phantom: BeadPhantom,
+    index: int,
+    manual: list[Detection] | None = None,
+    automatic: bool = True,
+    radius_override: tuple[float, float] | None = None,
+) -> ViewDetections:
     """Detections of one view (automatic, manual, or both) with a confidence and a message."""
     image = scan.views[index].image
     found: list[Detection] = []
     if automatic:
-        found = detect_beads(attenuation_image(scan, index), radius_range_px(scan, phantom, index, radius_override),
-                             max_beads=2 * phantom.count + 8)
+        found = detect_beads(
+            attenuation_image(scan, index),
+            radius_range_px(scan, phantom, index, radius_override),
+            max_beads=2 * phantom.count + 8,
+        )
     found = merge_manual(found, manual or [])
     return ViewDetections(index, image, found, view_confidence(found, phantom.count), detection_problem(found, phantom))
 
@@ -121,13 +145,17 @@ def detection_problem(found: list[Detection], phantom: BeadPhantom) -> str:
     """What is wrong with a view's detections for a pose ("" if nothing)."""
     minimum = MIN_MATCHED_KNOWN_INTRINSICS if phantom.intrinsics else MIN_MATCHED_DLT
     if not found:
-        return ("no beads found: check that --phantom is the phantom in the images, the image kind in "
-                "scan.json (beads must look bright in line integrals) and the pixel spacing; or place points "
-                "by hand (--points)")
+        return (
+            "no beads found: check that --phantom is the phantom in the images, the image kind in "
+            "scan.json (beads must look bright in line integrals) and the pixel spacing; or place points "
+            "by hand (--points)"
+        )
     if len(found) < minimum:
-        return (f"only {len(found)} beads found; a pose needs at least {minimum} "
-                f"({'known intrinsics' if phantom.intrinsics else 'no intrinsics in the phantom file: DLT'}); "
-                "add manual points (--points)")
+        return (
+            f"only {len(found)} beads found; a pose needs at least {minimum} "
+            f"({'known intrinsics' if phantom.intrinsics else 'no intrinsics in the phantom file: DLT'}); "
+            "add manual points (--points)"
+        )
     return ""
 
 
@@ -140,14 +168,17 @@ def _intrinsics_options(scan: Scan, phantom: BeadPhantom, index: int, shape: tup
     pixel = view_pixel_mm(scan, phantom, index) or 1.0
     height, width = shape
     focal = GUESS_SOURCE_TO_DETECTOR_MM / pixel
-    return [np.array([[focal, 0, (width - 1) / 2], [0, sign * focal, (height - 1) / 2], [0, 0, 1.0]])
-            for sign in (-1.0, 1.0)]
+    return [
+        np.array([[focal, 0, (width - 1) / 2], [0, sign * focal, (height - 1) / 2], [0, 0, 1.0]])
+        for sign in (-1.0, 1.0)
+    ]
 
 
 def estimate_view(scan: Scan, phantom: BeadPhantom, found: ViewDetections, shape: tuple[int, int]) -> ViewPose:
     """Match and solve one view (no joint refinement yet)."""
-    pose = ViewPose(found.view, found.image, pixel_mm=view_pixel_mm(scan, phantom, found.view),
-                    detections=len(found.detections))
+    pose = ViewPose(
+        found.view, found.image, pixel_mm=view_pixel_mm(scan, phantom, found.view), detections=len(found.detections)
+    )
     if found.message:
         pose.message = found.message
         return pose
@@ -155,9 +186,11 @@ def estimate_view(scan: Scan, phantom: BeadPhantom, found: ViewDetections, shape
     match = best_match(phantom, found.detections, _intrinsics_options(scan, phantom, found.view, shape), shape, nominal)
     minimum = MIN_MATCHED_KNOWN_INTRINSICS if phantom.intrinsics else MIN_MATCHED_DLT
     if match is None or len(match.pairs) < minimum:
-        pose.message = (f"could not match the {len(found.detections)} detections to the phantom's beads "
-                        f"({0 if match is None else len(match.pairs)} consistent pairs, {minimum} needed): is it the "
-                        "right phantom file? add labelled manual points (--points with \"bead\")")
+        pose.message = (
+            f"could not match the {len(found.detections)} detections to the phantom's beads "
+            f"({0 if match is None else len(match.pairs)} consistent pairs, {minimum} needed): is it the "
+            'right phantom file? add labelled manual points (--points with "bead")'
+        )
         return pose
     pose.pairs = match.pairs
     matrix = match.matrix
@@ -169,8 +202,10 @@ def estimate_view(scan: Scan, phantom: BeadPhantom, found: ViewDetections, shape
             solved = extrinsics_matrix(match.intrinsics, *pnp(phantom.positions[beads], uv, match.intrinsics))
         except GeometryError:
             solved = None
-        if solved is not None and (np.sum(reprojection_errors(solved, phantom.positions[beads], uv) ** 2)
-                                   < np.sum(reprojection_errors(matrix, phantom.positions[beads], uv) ** 2)):
+        if solved is not None and (
+            np.sum(reprojection_errors(solved, phantom.positions[beads], uv) ** 2)
+            < np.sum(reprojection_errors(matrix, phantom.positions[beads], uv) ** 2)
+        ):
             matrix = solved
     else:
         try:
@@ -189,14 +224,22 @@ def score_view(pose: ViewPose, phantom: BeadPhantom, detections: list[Detection]
     errors = reprojection_errors(pose.matrix, phantom.positions[beads], uv)
     pose.rms_px, pose.max_px = float(np.sqrt(np.mean(errors**2))), float(errors.max())
     if pose.rms_px > max_rms_px:
-        pose.message = (f"reprojection RMS {pose.rms_px:.2f} px exceeds {max_rms_px} px: beads mismatched or "
-                        "detections off; check the overlay and add labelled manual points")
+        pose.message = (
+            f"reprojection RMS {pose.rms_px:.2f} px exceeds {max_rms_px} px: beads mismatched or "
+            "detections off; check the overlay and add labelled manual points"
+        )
         pose.matrix = None
 
 
-def estimate_scan(scan: Scan, phantom: BeadPhantom, detections: list[ViewDetections], refine: bool = True,
-                  refine_intrinsics: bool = False, max_rms_px: float = 1.0,
-                  progress: ProgressCallback | None = None) -> list[ViewPose]:
+def estimate_scan(
+    scan: Scan,
+    phantom: BeadPhantom,
+    detections: list[ViewDetections],
+    refine: bool = True,
+    refine_intrinsics: bool = False,
+    max_rms_px: float = 1.0,
+    progress: ProgressCallback | None = None,
+) -> list[ViewPose]:
     """Poses of every view; successful views refined jointly (shared intrinsics)."""
     poses = []
     for count, found in enumerate(detections, start=1):
@@ -224,8 +267,12 @@ def estimate_scan(scan: Scan, phantom: BeadPhantom, detections: list[ViewDetecti
 
 def write_detections(path: Path, scan: Scan, phantom: BeadPhantom, detections: list[ViewDetections]) -> None:
     """The detections JSON (``ixgs-bead-detections/1``), atomically."""
-    document = {"format": DETECTIONS_FORMAT, "scan": str(scan.folder), "phantom": phantom.name,
-                "views": [d.to_dict() for d in detections]}
+    document = {
+        "format": DETECTIONS_FORMAT,
+        "scan": str(scan.folder),
+        "phantom": phantom.name,
+        "views": [d.to_dict() for d in detections],
+    }
     with atomic_output(path) as temp:
         temp.write_text(json.dumps(document, indent=1))
 
@@ -238,8 +285,11 @@ def read_detections(path: str | Path, scan: Scan) -> list[ViewDetections]:
         raise IXGSError(f'{path}: not a detections file ("format" must be "{DETECTIONS_FORMAT}")')
     views = data.get("views")
     indices = [v.get("view") for v in views if isinstance(v, dict)] if isinstance(views, list) else []
-    if (len(indices) != len(views or []) or not all(type(i) is int for i in indices)
-            or sorted(indices) != list(range(len(scan.views)))):
+    if (
+        len(indices) != len(views or [])
+        or not all(type(i) is int for i in indices)
+        or sorted(indices) != list(range(len(scan.views)))
+    ):
         raise IXGSError(f"{path}: needs one entry per view of the scan (views 0..{len(scan.views) - 1})")
     out = []
     for entry in sorted(views, key=lambda v: v["view"]):
@@ -248,6 +298,9 @@ def read_detections(path: str | Path, scan: Scan) -> list[ViewDetections]:
             confidence = float(entry.get("confidence", 0.0))
         except (KeyError, TypeError, ValueError):
             raise IXGSError(f"{path}: view {entry['view']}: malformed detection (needs numbers u, v)") from None
-        out.append(ViewDetections(entry["view"], scan.views[entry["view"]].image, found, confidence,
-                                  str(entry.get("message", ""))))
+        out.append(
+            ViewDetections(
+                entry["view"], scan.views[entry["view"]].image, found, confidence, str(entry.get("message", ""))
+            )
+        )
     return out

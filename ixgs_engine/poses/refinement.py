@@ -33,8 +33,9 @@ def _intrinsics(shared: np.ndarray, sign: float) -> np.ndarray:
     return np.array([[fx, 0.0, cu], [0.0, sign * fy, cv], [0.0, 0.0, 1.0]])
 
 
-def refine_views(views: list[ViewObservations], intrinsics: np.ndarray | None, refine_intrinsics: bool,
-                 robust_scale_px: float = 1.0) -> list[np.ndarray]:
+def refine_views(
+    views: list[ViewObservations], intrinsics: np.ndarray | None, refine_intrinsics: bool, robust_scale_px: float = 1.0
+) -> list[np.ndarray]:
     """Refined matrices (one per view). ``intrinsics`` are the known K (fixed unless
     ``refine_intrinsics``); None: start from the median of the views' decomposed intrinsics and
     refine them (shared)."""
@@ -60,8 +61,10 @@ def refine_views(views: list[ViewObservations], intrinsics: np.ndarray | None, r
     count = len(views)
 
     def unpack(x: np.ndarray):
-        k = x[6 * count:] if refine_intrinsics else shared
-        return [(Rotation.from_rotvec(x[6 * i:6 * i + 3]).as_matrix(), x[6 * i + 3:6 * i + 6]) for i in range(count)], k
+        k = x[6 * count :] if refine_intrinsics else shared
+        return [
+            (Rotation.from_rotvec(x[6 * i : 6 * i + 3]).as_matrix(), x[6 * i + 3 : 6 * i + 6]) for i in range(count)
+        ], k
 
     def residuals(x: np.ndarray) -> np.ndarray:
         extrinsics, k = unpack(x)
@@ -76,9 +79,9 @@ def refine_views(views: list[ViewObservations], intrinsics: np.ndarray | None, r
     sparsity = lil_matrix((sum(sizes), len(x0)), dtype=int)
     row = 0
     for i, size in enumerate(sizes):
-        sparsity[row:row + size, 6 * i:6 * i + 6] = 1
+        sparsity[row : row + size, 6 * i : 6 * i + 6] = 1
         if refine_intrinsics:
-            sparsity[row:row + size, 6 * count:] = 1
+            sparsity[row : row + size, 6 * count :] = 1
         row += size
     fit = least_squares(residuals, x0, jac_sparsity=sparsity, loss="soft_l1", f_scale=robust_scale_px, x_scale="jac")
     extrinsics, k = unpack(fit.x)

@@ -52,7 +52,7 @@ def render_beads(
         v0, v1 = max(int(np.floor(uv[1] - reach)), 0), min(int(np.ceil(uv[1] + reach)), height - 1)
         if u0 > u1 or v0 > v1:
             continue
-        vs, us = np.mgrid[v0:v1 + 1, u0:u1 + 1].astype(np.float64)
+        vs, us = np.mgrid[v0 : v1 + 1, u0 : u1 + 1].astype(np.float64)
         su = us[..., None, None] + sub_u
         sv = vs[..., None, None] + sub_v
         rays = np.stack([su, sv, np.ones_like(su)], axis=-1) @ M_inv.T
@@ -61,7 +61,7 @@ def render_beads(
         along = rays @ to_center
         miss2 = to_center @ to_center - along**2
         chord = 2 * np.sqrt(np.maximum((diameter / 2) ** 2 - miss2, 0.0))
-        image[v0:v1 + 1, u0:u1 + 1] += mu_per_mm * chord.mean(axis=(-2, -1))
+        image[v0 : v1 + 1, u0 : u1 + 1] += mu_per_mm * chord.mean(axis=(-2, -1))
     return image
 
 
@@ -76,8 +76,11 @@ def simulate_bead_views(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Views (N, H, W) of the anatomy with the beads, and of the anatomy alone (both with the
     same Poisson noise draw when ``photons`` is given)."""
-    anatomy = (render_line_integrals(attenuation, matrices, image_shape) if attenuation is not None
-               else np.zeros((len(matrices), *image_shape), dtype=np.float32))
+    anatomy = (
+        render_line_integrals(attenuation, matrices, image_shape)
+        if attenuation is not None
+        else np.zeros((len(matrices), *image_shape), dtype=np.float32)
+    )
     beads = np.stack([render_beads(phantom, P, image_shape, mu_per_mm) for P in matrices])
     with_beads = anatomy + beads
     if photons:
@@ -102,7 +105,12 @@ def write_bead_scan(
     kept under ``simulation.projection_matrices`` for checks); returns the views with and
     without beads."""
     with_beads, anatomy = simulate_bead_views(attenuation, phantom, matrices, image_shape, photons, seed)
-    extra = {"simulation": {"projection_matrices": np.asarray(matrices).tolist(), "photons": photons,
-                            "bead_phantom": phantom.name}}
+    extra = {
+        "simulation": {
+            "projection_matrices": np.asarray(matrices).tolist(),
+            "photons": photons,
+            "bead_phantom": phantom.name,
+        }
+    }
     write_scan(folder, list(with_beads), None, roi=roi, pixel_spacing=pixel_spacing, extra=extra)
     return with_beads, anatomy

@@ -57,13 +57,15 @@ class JosephProjector:
             torch.arange(width, dtype=torch.float64, device=self.device),
             indexing="ij",
         )
-        self._pixels = torch.stack([u.reshape(-1), v.reshape(-1), torch.ones(height * width, dtype=torch.float64, device=self.device)])
+        self._pixels = torch.stack(
+            [u.reshape(-1), v.reshape(-1), torch.ones(height * width, dtype=torch.float64, device=self.device)]
+        )
 
     @property
     def num_views(self) -> int:
         return int(self.matrices.shape[0])
 
-    def subset(self, views: Sequence[int]) -> "JosephProjector":
+    def subset(self, views: Sequence[int]) -> JosephProjector:
         """A projector for some of the views (same grid, device and chunking)."""
         return JosephProjector(
             self.grid, self.matrices[list(views)], self.image_shape, self.device, self.dtype, self.samples_per_chunk
@@ -141,7 +143,9 @@ class JosephProjector:
         out = torch.zeros(self.num_views, height * width, dtype=self.dtype, device=self.device)
         for view in range(self.num_views):
             for rays, coords, samples_weight, weight in self._plane_samples(view):
-                samples = F.grid_sample(source, coords[None, None], mode="bilinear", padding_mode="border", align_corners=True)
+                samples = F.grid_sample(
+                    source, coords[None, None], mode="bilinear", padding_mode="border", align_corners=True
+                )
                 out[view, rays] = (samples[0, 0, 0] * samples_weight).sum(dim=1) * weight
         return out.reshape(self.num_views, height, width)
 
@@ -157,8 +161,12 @@ class JosephProjector:
         with torch.enable_grad():
             for view in range(self.num_views):
                 for rays, coords, samples_weight, weight in self._plane_samples(view):
-                    leaf = torch.zeros((1, 1, *self.grid.shape), dtype=self.dtype, device=self.device, requires_grad=True)
-                    samples = F.grid_sample(leaf, coords[None, None], mode="bilinear", padding_mode="border", align_corners=True)
+                    leaf = torch.zeros(
+                        (1, 1, *self.grid.shape), dtype=self.dtype, device=self.device, requires_grad=True
+                    )
+                    samples = F.grid_sample(
+                        leaf, coords[None, None], mode="bilinear", padding_mode="border", align_corners=True
+                    )
                     upstream = (flat[view, rays] * weight)[:, None] * samples_weight
                     (grad,) = torch.autograd.grad(samples[0, 0, 0], leaf, grad_outputs=upstream)
                     total += grad

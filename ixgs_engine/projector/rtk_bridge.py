@@ -97,9 +97,7 @@ def rtk_geometry(matrices: np.ndarray | Sequence[np.ndarray], *, u_spacing: floa
         v_spacings.append(dv)
     v_spacing = float(np.mean(v_spacings))
     if np.ptp(v_spacings) > _ASPECT_TOLERANCE * v_spacing:
-        raise GeometryError(
-            "the views' pixel aspect ratios differ; RTK needs one pixel spacing for all projections"
-        )
+        raise GeometryError("the views' pixel aspect ratios differ; RTK needs one pixel spacing for all projections")
     return RTKGeometry(geometry, (float(u_spacing), v_spacing))
 
 

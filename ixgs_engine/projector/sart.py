@@ -58,15 +58,19 @@ def sart(
     subset_projectors = [projector.subset(views) for views in subsets]
     ones = torch.ones(grid.shape, dtype=torch.float32, device=device)
     ray_lengths = [p.forward(ones) for p in subset_projectors]
-    voxel_weights = [p.adjoint(torch.ones_like(lengths)) for p, lengths in zip(subset_projectors, ray_lengths)]
+    voxel_weights = [
+        p.adjoint(torch.ones_like(lengths)) for p, lengths in zip(subset_projectors, ray_lengths, strict=True)
+    ]
     total = iterations * len(subsets)
     done = 0
     for _ in range(iterations):
-        for views, sub, lengths, weights in zip(subsets, subset_projectors, ray_lengths, voxel_weights):
+        for views, sub, lengths, weights in zip(subsets, subset_projectors, ray_lengths, voxel_weights, strict=True):
             residual = values[views] - sub.forward(volume)
             normalized = torch.where(lengths > 1e-6, residual / lengths.clamp_min(1e-6), torch.zeros_like(residual))
             update = sub.adjoint(normalized)
-            volume += relaxation * torch.where(weights > 1e-6, update / weights.clamp_min(1e-6), torch.zeros_like(update))
+            volume += relaxation * torch.where(
+                weights > 1e-6, update / weights.clamp_min(1e-6), torch.zeros_like(update)
+            )
             if positivity:
                 volume.clamp_(min=0.0)
             done += 1

@@ -66,7 +66,7 @@ class ReconstructionConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ReconstructionConfig":
+    def from_dict(cls, values: dict) -> ReconstructionConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(values) - names
         if unknown:

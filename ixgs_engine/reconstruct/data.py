@@ -45,7 +45,7 @@ class TrainingData:
     roi: ROI
 
     @classmethod
-    def from_projections(cls, projections: Projections, image_scale: float, device: torch.device) -> "TrainingData":
+    def from_projections(cls, projections: Projections, image_scale: float, device: torch.device) -> TrainingData:
         factor = max(int(round(1.0 / image_scale)), 1)
         values = torch.as_tensor(projections.values, dtype=torch.float32)
         matrices = np.asarray(projections.matrices, dtype=np.float64)

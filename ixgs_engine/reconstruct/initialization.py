@@ -35,7 +35,7 @@ class ModelDomain:
     domain: np.ndarray
 
     @classmethod
-    def of(cls, data: TrainingData, config: ReconstructionConfig) -> "ModelDomain":
+    def of(cls, data: TrainingData, config: ReconstructionConfig) -> ModelDomain:
         half = data.scene.half_sizes(data.roi)
         return cls(roi=half, domain=half * config.domain_scale)
 
@@ -57,8 +57,12 @@ def _sart_volume(
     normalized coordinates."""
     grid = roi_grid(box, pitch)
     volume = sart(
-        data.targets.cpu().numpy(), data.world_matrices, grid, iterations=config.init_sart_iterations,
-        device=data.targets.device, progress=progress,
+        data.targets.cpu().numpy(),
+        data.world_matrices,
+        grid,
+        iterations=config.init_sart_iterations,
+        device=data.targets.device,
+        progress=progress,
     )
     return data.scene.attenuation_to_normalized(volume.array), normalized_grid(grid, data.scene)
 
@@ -107,13 +111,23 @@ def calibrate_densities(
     views = torch.linspace(0, data.num_views - 1, min(CALIBRATION_VIEWS, data.num_views)).round().long()
     with torch.no_grad():
         rendered = backend.render(
-            model.positions, model.covariances(), model.densities, data.matrices[views], data.image_shape, support=support
+            model.positions,
+            model.covariances(),
+            model.densities,
+            data.matrices[views],
+            data.image_shape,
+            support=support,
         )
         factor = float(data.targets[views].sum() / rendered.sum().clamp_min(1e-12))
         return GaussianModel.from_values(
-            model.positions, model.scales, model.rotations, model.densities * factor,
-            scale_bounds=model.scale_bounds, normalization=model.normalization,
-            device=model.positions.device, dtype=model.positions.dtype,
+            model.positions,
+            model.scales,
+            model.rotations,
+            model.densities * factor,
+            scale_bounds=model.scale_bounds,
+            normalization=model.normalization,
+            device=model.positions.device,
+            dtype=model.positions.dtype,
         )
 
 

@@ -85,8 +85,10 @@ def write_outputs(
     output_dir = Path(output_dir)
     volume = voxelize_volume(model, scene, roi, grid, backend)
     if not np.isfinite(volume.array).all():
-        raise IXGSError("the reconstruction diverged (the volume holds NaN or infinite values); nothing was written. "
-                        "Check the images are line integrals (ixgs info) and try a smaller learning rate or preset fast")
+        raise IXGSError(
+            "the reconstruction diverged (the volume holds NaN or infinite values); nothing was written. "
+            "Check the images are line integrals (ixgs info) and try a smaller learning rate or preset fast"
+        )
     if not volume.array.any():
         raise IXGSError("the reconstruction is zero everywhere; nothing was written. Check the images (ixgs info)")
     volume_path = output_dir / f"volume.{volume_format}"

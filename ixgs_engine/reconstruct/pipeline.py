@@ -62,7 +62,9 @@ def checkpoint_config(output_dir: Path) -> ReconstructionConfig | None:
     try:
         return ReconstructionConfig.from_dict(state["config"])
     except (KeyError, TypeError, ValueError) as error:
-        raise IXGSError(f"{output_dir / run_files.CHECKPOINT_FILE}: unusable settings ({error}); delete it to start over") from None
+        raise IXGSError(
+            f"{output_dir / run_files.CHECKPOINT_FILE}: unusable settings ({error}); delete it to start over"
+        ) from None
 
 
 def check_output_folder(output_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -75,11 +77,14 @@ def check_output_folder(output_dir: Path, resume: bool, overwrite: bool) -> None
     if resume or overwrite:
         return
     if (output_dir / run_files.SUMMARY_FILE).is_file():
-        raise IXGSError(f"{output_dir} holds a finished run; pass --overwrite to replace it, --resume with more "
-                        "--iterations to continue it, or choose another folder")
+        raise IXGSError(
+            f"{output_dir} holds a finished run; pass --overwrite to replace it, --resume with more "
+            "--iterations to continue it, or choose another folder"
+        )
     if run_files.has_checkpoint(output_dir):
-        raise IXGSError(f"{output_dir} holds an unfinished run; continue it with --resume, or pass --overwrite to "
-                        "start over")
+        raise IXGSError(
+            f"{output_dir} holds an unfinished run; continue it with --resume, or pass --overwrite to start over"
+        )
 
 
 def resumed_config(output_dir: Path, iterations: int | None) -> ReconstructionConfig:
@@ -148,22 +153,36 @@ def reconstruct_scan(
     estimate = estimated_seconds(config, full_shape, torch_device.type)
     _log.info(
         "preset %s on %s: %d iterations, %d views of %dx%d pixels, about %s (estimated)",
-        "from the checkpoint" if resume else preset_name, torch_device, config.iterations, data.num_views,
-        full_shape[1], full_shape[0], describe_duration(estimate),
+        "from the checkpoint" if resume else preset_name,
+        torch_device,
+        config.iterations,
+        data.num_views,
+        full_shape[1],
+        full_shape[0],
+        describe_duration(estimate),
     )
     backend = select_backend(torch_device)
     fine = None
     if config.image_scale < 1 and config.coarse_iterations > 0:
         fine = TrainingData.from_projections(projections, 1.0, torch_device)
-    trainer = Trainer(data, config, backend, output_dir, progress=progress, should_cancel=should_cancel,
-                      fine_data=fine, stage_progress=stage_progress)
+    trainer = Trainer(
+        data,
+        config,
+        backend,
+        output_dir,
+        progress=progress,
+        should_cancel=should_cancel,
+        fine_data=fine,
+        stage_progress=stage_progress,
+    )
     if on_trainer is not None:
         on_trainer(trainer)
     if not resume:
         (output_dir / run_files.SUMMARY_FILE).unlink(missing_ok=True)  # a replaced run's summary no longer holds
     result = trainer.run(resume=resume)
-    volume, written = write_outputs(output_dir, result.model, data.scene, projections.roi, grid, backend,
-                                    volume_format, threshold)
+    volume, written = write_outputs(
+        output_dir, result.model, data.scene, projections.roi, grid, backend, volume_format, threshold
+    )
     summary = ReconstructionSummary(
         scan=str(Path(scan_dir).resolve()),
         views=data.num_views,

@@ -114,19 +114,22 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write the full training state atomically (tensors and plain values only, see
         ``run_files``); returns its path."""
-        return run_files.save_checkpoint(self.output_dir, {
-            "config": self.config.to_dict(),
-            "num_views": self.data.num_views,
-            "image_shape": list(self.data.image_shape),
-            "iteration": self.iteration,
-            "elapsed": self.elapsed,
-            "parameters": {name: p.detach().cpu() for name, p in self.model.parameters().items()},
-            "scale_bounds": list(self.model.scale_bounds),
-            "densification": [t.cpu() for t in self.model.densification_state()],
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "view_queue": list(self.view_queue),
-        })
+        return run_files.save_checkpoint(
+            self.output_dir,
+            {
+                "config": self.config.to_dict(),
+                "num_views": self.data.num_views,
+                "image_shape": list(self.data.image_shape),
+                "iteration": self.iteration,
+                "elapsed": self.elapsed,
+                "parameters": {name: p.detach().cpu() for name, p in self.model.parameters().items()},
+                "scale_bounds": list(self.model.scale_bounds),
+                "densification": [t.cpu() for t in self.model.densification_state()],
+                "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(),
+                "view_queue": list(self.view_queue),
+            },
+        )
 
     def _load_checkpoint(self) -> None:
         state = run_files.load_checkpoint(self.output_dir)
@@ -152,7 +155,11 @@ class Trainer:
     def _open_log(self, resumed: bool) -> list[dict]:
         """Entries already logged up to the current iteration (later ones, from after the last
         checkpoint of a run killed hard, are dropped) and a log file holding exactly them."""
-        kept = [entry for entry in run_files.read_log(self.output_dir) if entry["iteration"] <= self.iteration] if resumed else []
+        kept = (
+            [entry for entry in run_files.read_log(self.output_dir) if entry["iteration"] <= self.iteration]
+            if resumed
+            else []
+        )
         run_files.write_log(self.output_dir, kept)
         return kept
 
@@ -160,7 +167,10 @@ class Trainer:
     def _next_views(self) -> torch.Tensor:
         while len(self.view_queue) < self.config.views_per_step:
             self.view_queue += torch.randperm(self.data.num_views, generator=self.generator).tolist()
-        views, self.view_queue = self.view_queue[: self.config.views_per_step], self.view_queue[self.config.views_per_step :]
+        views, self.view_queue = (
+            self.view_queue[: self.config.views_per_step],
+            self.view_queue[self.config.views_per_step :],
+        )
         return torch.tensor(views)
 
     def _tv_block(self):
@@ -186,7 +196,9 @@ class Trainer:
         means, covariances, densities = model.positions, model.covariances(), model.densities
         offsets = None
         if track:
-            offsets = torch.zeros((len(views), model.num_gaussians, 2), dtype=torch.float64, device=means.device, requires_grad=True)
+            offsets = torch.zeros(
+                (len(views), model.num_gaussians, 2), dtype=torch.float64, device=means.device, requires_grad=True
+            )
         rendered = self.backend.render(
             means, covariances, densities, data.matrices[views], data.image_shape, offsets, self.domain.support
         )
@@ -205,7 +217,10 @@ class Trainer:
             model.add_densification_stats(offsets.grad, data.image_shape)
         self.iteration += 1
         entry = {"iteration": self.iteration, "loss": loss.item()} | {k: v.item() for k, v in terms.items()}
-        if config.densify_from <= self.iteration <= config.densify_until and self.iteration % config.densify_interval == 0:
+        if (
+            config.densify_from <= self.iteration <= config.densify_until
+            and self.iteration % config.densify_interval == 0
+        ):
             entry |= model.densify_and_prune(
                 self.optimizer,
                 grad_threshold=config.densify_grad_threshold,

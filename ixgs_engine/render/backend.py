@@ -111,8 +111,10 @@ def select_backend(device: torch.device | str, name: str | None = None) -> Rende
     choice = name or os.environ.get(BACKEND_VARIABLE) or "auto"
     if choice != "auto":
         if choice not in _BACKENDS:
-            raise IXGSError(f"unknown render backend {choice!r} (given or from {BACKEND_VARIABLE}); choose auto or "
-                            f"one of {', '.join(available_backends())}")
+            raise IXGSError(
+                f"unknown render backend {choice!r} (given or from {BACKEND_VARIABLE}); choose auto or "
+                f"one of {', '.join(available_backends())}"
+            )
         try:
             return get_backend(choice)
         except ImportError as error:

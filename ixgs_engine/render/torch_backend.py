@@ -284,12 +284,16 @@ class _Cut:
     inside: torch.Tensor
 
 
-def _standardized(distances: torch.Tensor, index: torch.Tensor, depth: torch.Tensor, inverse_spread: torch.Tensor) -> torch.Tensor:
+def _standardized(
+    distances: torch.Tensor, index: torch.Tensor, depth: torch.Tensor, inverse_spread: torch.Tensor
+) -> torch.Tensor:
     """``(distances[index] - depth) / spread`` (K, P), in place on the gathered samples."""
     return distances[index].sub_(depth).mul_(inverse_spread)
 
 
-def _cut_share(cut: _Cut, index: torch.Tensor, part: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _cut_share(
+    cut: _Cut, index: torch.Tensor, part: slice
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Share (K, P) of each splat's line integral on its side of the box along the rays of its
     window samples, and the standardized distances ``z_near``, ``z_far`` and the side sign (K, 1)."""
     depth, inverse_spread = cut.depth[part, None], cut.spread[part, None].reciprocal()
@@ -315,7 +319,11 @@ class _CutWindowSum(torch.autograd.Function):
             part = slice(chunk.start, chunk.stop)
             index = layout.base[part, None] + chunk.offsets
             share = _cut_share(cut, index, part)[0]
-            values = _window_values(coefficients[part], chunk.basis, layout.cutoff_value).mul_(share).mul_(amplitudes[part, None])
+            values = (
+                _window_values(coefficients[part], chunk.basis, layout.cutoff_value)
+                .mul_(share)
+                .mul_(amplitudes[part, None])
+            )
             out.index_add_(0, index.reshape(-1), values.reshape(-1))
         ctx.save_for_backward(coefficients, amplitudes, depth, spread, near, far, inside)
         ctx.layout = layout
@@ -347,12 +355,16 @@ class _CutWindowSum(torch.autograd.Function):
         return grads[0], grads[1], grads[2], grads[3], None, None, None, None
 
 
-def _ray_box_distances(P: torch.Tensor, image_shape: tuple[int, int], support: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+def _ray_box_distances(
+    P: torch.Tensor, image_shape: tuple[int, int], support: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Distances (V * H * W,) from each view's source at which every pixel's ray enters and
     leaves the box of half-sizes ``support`` (both 0 where it misses), flat in render order."""
     height, width = image_shape
     v, u = torch.meshgrid(
-        torch.arange(height, dtype=P.dtype, device=P.device), torch.arange(width, dtype=P.dtype, device=P.device), indexing="ij"
+        torch.arange(height, dtype=P.dtype, device=P.device),
+        torch.arange(width, dtype=P.dtype, device=P.device),
+        indexing="ij",
     )
     pixels = torch.stack([u.reshape(-1), v.reshape(-1), torch.ones(height * width, dtype=P.dtype, device=P.device)])
     directions = torch.linalg.solve(P[:, :, :3], pixels.expand(P.shape[0], 3, -1))  # (V, 3, HW), w = 1 > 0
@@ -370,7 +382,9 @@ def _ray_box_distances(P: torch.Tensor, image_shape: tuple[int, int], support: S
     return torch.where(missed, 0.0, near).reshape(-1), torch.where(missed, 0.0, far).reshape(-1)
 
 
-def _near_a_face(means: torch.Tensor, covariances: torch.Tensor, support: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+def _near_a_face(
+    means: torch.Tensor, covariances: torch.Tensor, support: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Which Gaussians (N,) are centred in the box, and which have part of their 3-sigma box on
     the other side of a face (only those need cutting)."""
     centre = means.detach().to(torch.float64)
@@ -388,8 +402,14 @@ def _cut_splat(splats: Splats, grid: SampleGrid, cut: _Cut, chunk_elements: int)
     layout = _layout(splats, grid, chunk_elements)
     order, dtype = layout.order, splats.amplitudes.dtype
     return _CutWindowSum.apply(
-        _window_coefficients(splats, layout), splats.amplitudes[order], cut.depth[order].to(dtype), cut.spread[order].to(dtype), layout,
-        cut.near.to(dtype), cut.far.to(dtype), cut.inside[order],
+        _window_coefficients(splats, layout),
+        splats.amplitudes[order],
+        cut.depth[order].to(dtype),
+        cut.spread[order].to(dtype),
+        layout,
+        cut.near.to(dtype),
+        cut.far.to(dtype),
+        cut.inside[order],
     )
 
 
@@ -474,8 +494,15 @@ class TorchBackend:
         near, far = _ray_box_distances(P, (height, width), support)
         depth = torch.sqrt(_dot(ray, ray)).reshape(-1)
         spread = (line_factor / math.sqrt(2.0 * math.pi)).reshape(-1)
-        return (whole + _cut_splat(replace(splats, active=splats.active & cut), grid, _Cut(near, far, depth, spread, inside),
-                                   self._chunk_elements(means.device))).reshape(views, height, width)
+        return (
+            whole
+            + _cut_splat(
+                replace(splats, active=splats.active & cut),
+                grid,
+                _Cut(near, far, depth, spread, inside),
+                self._chunk_elements(means.device),
+            )
+        ).reshape(views, height, width)
 
     def voxelize(
         self,
@@ -495,7 +522,11 @@ class TorchBackend:
         # Voxel centres on a face count as inside (a grid whose outer centres lie on the faces).
         faces = np.asarray(support) * (1.0 + SUPPORT_TOLERANCE)
         voxels_inside = torch.as_tensor(np.all(np.abs(grid.voxel_centres()) <= faces, axis=-1), device=means.device)
-        parts = [(inside, voxels_inside)] if bool(voxels_inside.all()) else [(inside, voxels_inside), (~inside, ~voxels_inside)]
+        parts = (
+            [(inside, voxels_inside)]
+            if bool(voxels_inside.all())
+            else [(inside, voxels_inside), (~inside, ~voxels_inside)]
+        )
         out = None
         for gaussians, voxels in parts:
             part = self._voxelize(means[gaussians], covariances[gaussians], densities[gaussians], grid) * voxels

@@ -21,10 +21,10 @@ from ixgs_engine.errors import IXGSError
 from ixgs_engine.evaluate.evaluation import Evaluation, evaluate_reconstruction, load_reconstruction
 from ixgs_engine.evaluate.resample import resample_to
 from ixgs_engine.io import atomic_output
+from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.reconstruct.run_files import read_log
 from ixgs_engine.report import plots
 from ixgs_engine.report.ratings import CRITERIA, CSV_COLUMNS, LIKERT
-from ixgs_engine.progress import ProgressCallback
 
 REPORT_FILE = "report.html"
 
@@ -104,8 +104,22 @@ def _format(value: object) -> str:
 
 def _settings_section(summary: dict) -> str:
     config = summary.get("config", {})
-    basics = [(k, summary[k]) for k in ("scan", "method", "views", "heldout_views", "iterations", "gaussians",
-                                       "final_loss", "voxel_size_mm", "device", "backend") if k in summary]
+    basics = [
+        (k, summary[k])
+        for k in (
+            "scan",
+            "method",
+            "views",
+            "heldout_views",
+            "iterations",
+            "gaussians",
+            "final_loss",
+            "voxel_size_mm",
+            "device",
+            "backend",
+        )
+        if k in summary
+    ]
     timing = [(k, f"{summary[k]:.1f} s") for k in ("train_seconds", "total_seconds") if k in summary]
     text = "<h2>Run</h2>" + _table(basics + timing)
     if config:
@@ -120,7 +134,8 @@ def _metrics_section(metrics: dict, comparison_views: list[int], heldout: list[i
         bone = metrics["bone"]
         rows += [
             ("reference", f"{metrics['reference']} ({metrics['reference_units']})"),
-            ("3-D PSNR (dB)", metrics["psnr_3d_db"]), ("3-D SSIM", metrics["ssim_3d"]),
+            ("3-D PSNR (dB)", metrics["psnr_3d_db"]),
+            ("3-D SSIM", metrics["ssim_3d"]),
             ("reference voxels covered", f"{100 * metrics['reference_coverage']:.1f} %"),
             (f"bone Dice (>= {metrics['bone_threshold_hu']:g} HU)", bone["dice"]),
             ("bone mean surface distance (mm)", bone["mean_surface_distance_mm"]),
@@ -137,9 +152,11 @@ def _metrics_section(metrics: dict, comparison_views: list[int], heldout: list[i
                 rows.append((f"2-D PSNR / SSIM, {len(index)} {name} views", value))
     if not rows:
         return ""
-    note = ('<p class="note">3-D metrics follow R&sup2;-Gaussian (volumes divided by the reference maximum; SSIM '
-            "averaged over slices along the three axes) on the reference grid, over the part the reconstruction "
-            "covers. 2-D metrics compare the volume re-rendered by the voxel projector with the input X-rays.</p>")
+    note = (
+        '<p class="note">3-D metrics follow R&sup2;-Gaussian (volumes divided by the reference maximum; SSIM '
+        "averaged over slices along the three axes) on the reference grid, over the part the reconstruction "
+        "covers. 2-D metrics compare the volume re-rendered by the voxel projector with the input X-rays.</p>"
+    )
     return "<h2>Metrics</h2>" + _table(rows) + note
 
 
@@ -150,9 +167,11 @@ def _volume_section(evaluation: Evaluation, recon_volume) -> str:
         volumes.append(("reference", resample_to(evaluation.reference, recon_volume.grid)))
         high = float(evaluation.reference.array.max())
     picture = plots.volume_panels(volumes, (0.0, max(high, 1e-6)))
-    return ("<h2>Volume</h2><p class=\"note\">Mid-slices and maximum intensity projections, attenuation 0 to "
-            f"{high:.4g} /mm; the reference is resampled onto the reconstruction grid.</p>"
-            + _image(picture, "volume slices"))
+    return (
+        '<h2>Volume</h2><p class="note">Mid-slices and maximum intensity projections, attenuation 0 to '
+        f"{high:.4g} /mm; the reference is resampled onto the reconstruction grid.</p>"
+        + _image(picture, "volume slices")
+    )
 
 
 def _views_section(evaluation: Evaluation, heldout: list[int], max_views: int) -> str:
@@ -168,13 +187,17 @@ def _views_section(evaluation: Evaluation, heldout: list[int], max_views: int) -
     errors = plots.per_view_errors(comparison.views, comparison.psnr_db, comparison.ssim, heldout)
     rows = "".join(
         f"<tr><td>{v}</td><td>{'held out' if v in set(heldout) else 'training'}</td><td>{_format(float(p))}</td>"
-        f"<td>{s:.4f}</td></tr>" for v, p, s in zip(comparison.views, comparison.psnr_db, comparison.ssim, strict=True)
+        f"<td>{s:.4f}</td></tr>"
+        for v, p, s in zip(comparison.views, comparison.psnr_db, comparison.ssim, strict=True)
     )
     return (
-        "<h2>X-rays: input, re-rendered, residual</h2>" + _image(picture, "views")
-        + "<h2>Per-view errors</h2>" + _image(errors, "per-view errors")
+        "<h2>X-rays: input, re-rendered, residual</h2>"
+        + _image(picture, "views")
+        + "<h2>Per-view errors</h2>"
+        + _image(errors, "per-view errors")
         + "<details><summary>Table</summary><table><tr><th>view</th><th>set</th><th>PSNR (dB)</th><th>SSIM</th></tr>"
-        + rows + "</table></details>"
+        + rows
+        + "</table></details>"
     )
 
 
@@ -184,8 +207,10 @@ def _rating_section(case: str) -> str:
         choices = "".join(
             f'<label><input type="radio" name="{key}" value="{score}"> {score}</label>' for score in LIKERT
         )
-        fieldsets.append(f'<fieldset class="likert"><legend>{html.escape(question)}</legend>'
-                         f'<span class="note">1 = poor &hellip; 5 = excellent</span><br>{choices}</fieldset>')
+        fieldsets.append(
+            f'<fieldset class="likert"><legend>{html.escape(question)}</legend>'
+            f'<span class="note">1 = poor &hellip; 5 = excellent</span><br>{choices}</fieldset>'
+        )
     return (
         '<h2>Rating sheet</h2><p class="note">Rate each criterion from 1 (poor) to 5 (excellent) and press '
         "<em>Save ratings (CSV)</em>: the file downloads to this computer; nothing is sent anywhere. "
@@ -225,8 +250,11 @@ def build_report(
     sections = [
         _settings_section(recon.summary),
         _metrics_section(
-            evaluation.metrics, comparison.views if comparison else [], heldout,
-            comparison.psnr_db if comparison else None, comparison.ssim if comparison else None,
+            evaluation.metrics,
+            comparison.views if comparison else [],
+            heldout,
+            comparison.psnr_db if comparison else None,
+            comparison.ssim if comparison else None,
         ),
         _volume_section(evaluation, recon.volume),
         _views_section(evaluation, heldout, max_views),

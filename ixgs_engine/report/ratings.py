@@ -83,10 +83,18 @@ def summarize_ratings(rows: list[dict]) -> list[RatingSummary]:
     keyed = sorted(grouped.items(), key=lambda item: (item[0][0], order.get(item[0][1], len(order)), item[0][1]))
     for (case, criterion), scores in keyed:
         values = np.array(scores, dtype=np.float64)
-        out.append(RatingSummary(
-            case, criterion, len(scores), float(values.mean()), float(values.std(ddof=1)) if len(scores) > 1 else 0.0,
-            float(np.median(values)), int(values.min()), int(values.max()),
-        ))
+        out.append(
+            RatingSummary(
+                case,
+                criterion,
+                len(scores),
+                float(values.mean()),
+                float(values.std(ddof=1)) if len(scores) > 1 else 0.0,
+                float(np.median(values)),
+                int(values.min()),
+                int(values.max()),
+            )
+        )
     return out
 
 
@@ -94,8 +102,10 @@ def write_rating_summary(path: str | Path, summary: list[RatingSummary]) -> Path
     """The summary as CSV (``.csv``) or a markdown table (any other extension), atomically."""
     path = Path(path)
     header = ["case", "criterion", "raters", "mean", "std", "median", "min", "max"]
-    rows = [[s.case, s.criterion, s.raters, f"{s.mean:.2f}", f"{s.std:.2f}", f"{s.median:g}", s.minimum, s.maximum]
-            for s in summary]
+    rows = [
+        [s.case, s.criterion, s.raters, f"{s.mean:.2f}", f"{s.std:.2f}", f"{s.median:g}", s.minimum, s.maximum]
+        for s in summary
+    ]
     with atomic_output(path) as temp:
         if path.suffix.lower() == ".csv":
             with temp.open("w", newline="") as handle:

@@ -35,6 +35,7 @@ from pytorch_msssim import ssim
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.evaluate.metrics import psnr_3d, ssim_3d
 from ixgs_engine.io.scan import write_scan
+from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.reconstruct.config import preset
 from ixgs_engine.reconstruct.pipeline import reconstruct_scan
 from ixgs_engine.simulate import roi_of_volume
@@ -48,8 +49,6 @@ from ixgs_engine.standardize.pairs import (
 )
 from ixgs_engine.standardize.training import psnr_db, train_model
 from ixgs_engine.volume import Volume
-from ixgs_engine.progress import ProgressCallback
-
 
 
 @dataclass(frozen=True)
@@ -110,15 +109,33 @@ def scale_fitted(volume: Volume, reference: Volume) -> Volume:
     return volume.with_array((v * factor).astype(np.float32))
 
 
-def train_ablation_model(work_dir: Path, settings: AblationSettings, device: str, progress: ProgressCallback | None) -> Path:
+def train_ablation_model(
+    work_dir: Path, settings: AblationSettings, device: str, progress: ProgressCallback | None
+) -> Path:
     """Pairs from ``train_variants`` phantom variants and a model trained on them."""
-    cts = [(f"spine-{k}", phantom_variant(settings.size, settings.seed + k, settings.test_variation))
-           for k in range(settings.train_variants)]
-    make_simulated_pairs(work_dir / "pairs", cts, settings.train_views, settings.seed, settings.detector_pixels,
-                         settings.pixel_mm, device=device)
+    cts = [
+        (f"spine-{k}", phantom_variant(settings.size, settings.seed + k, settings.test_variation))
+        for k in range(settings.train_variants)
+    ]
+    make_simulated_pairs(
+        work_dir / "pairs",
+        cts,
+        settings.train_views,
+        settings.seed,
+        settings.detector_pixels,
+        settings.pixel_mm,
+        device=device,
+    )
     model_path = work_dir / "model" / "standardize.pt"
-    train_model(work_dir / "pairs", model_path, CONFIGS[settings.model_config], settings.train_steps, device=device,
-                seed=settings.seed, progress=progress)
+    train_model(
+        work_dir / "pairs",
+        model_path,
+        CONFIGS[settings.model_config],
+        settings.train_steps,
+        device=device,
+        seed=settings.seed,
+        progress=progress,
+    )
     return model_path
 
 
@@ -134,15 +151,18 @@ def run_ablation(
     work_dir = Path(work_dir)
     if settings.test_seed < settings.seed + settings.train_variants and settings.test_seed >= settings.seed:
         last = settings.seed + settings.train_variants - 1
-        raise IXGSError(f"the test phantom's seed ({settings.test_seed}) must differ from the training variants' "
-                        f"seeds ({settings.seed}..{last}); choose another --seed")
+        raise IXGSError(
+            f"the test phantom's seed ({settings.test_seed}) must differ from the training variants' "
+            f"seeds ({settings.seed}..{last}); choose another --seed"
+        )
     if model_path is None:
         model_path = train_ablation_model(work_dir, settings, device, progress)
     test_hu = phantom_variant(settings.size, settings.test_seed, settings.test_variation)
     truth = bone_enhanced_attenuation(test_hu)
     plain_truth = bone_enhanced_attenuation(test_hu, bone_weight=1.0)
-    views = simulate_views(test_hu, settings.views, settings.test_seed, settings.detector_pixels, settings.pixel_mm,
-                           device=device)
+    views = simulate_views(
+        test_hu, settings.views, settings.test_seed, settings.detector_pixels, settings.pixel_mm, device=device
+    )
     reference_mean = float(views.targets.mean())
     inputs = {
         "raw radiograph": plain_normalization(views.radiographs, [p["invert"] for p in views.params], reference_mean),
@@ -154,22 +174,36 @@ def run_ablation(
     rows = []
     for name, images in inputs.items():
         folder = work_dir / re.sub(r"[^a-z0-9]+", "-", name.lower())
-        write_scan(folder / "scan", list(images), list(views.matrices), "line_integral", roi_of_volume(truth),
-                   (settings.pixel_mm, settings.pixel_mm))
+        write_scan(
+            folder / "scan",
+            list(images),
+            list(views.matrices),
+            "line_integral",
+            roi_of_volume(truth),
+            (settings.pixel_mm, settings.pixel_mm),
+        )
         started = time.perf_counter()
-        _, volume = reconstruct_scan(folder / "scan", folder / "reconstruction", config, device,
-                                     voxel_size=float(truth.spacing[0]), progress=progress)
+        _, volume = reconstruct_scan(
+            folder / "scan",
+            folder / "reconstruction",
+            config,
+            device,
+            voxel_size=float(truth.spacing[0]),
+            progress=progress,
+        )
         psnr_2d, ssim_2d = images_2d_metrics(images, views.targets)
         fitted = scale_fitted(volume, plain_truth)
-        rows.append({
-            "input": name,
-            "psnr_2d_db": psnr_2d if math.isfinite(psnr_2d) else None,  # None: identical to the ideal DRRs
-            "ssim_2d": ssim_2d,
-            "psnr_3d_db": psnr_3d(volume, truth),
-            "ssim_3d": ssim_3d(volume, truth),
-            "psnr_3d_plain_db": psnr_3d(fitted, plain_truth),
-            "ssim_3d_plain": ssim_3d(fitted, plain_truth),
-            "reconstruction_seconds": time.perf_counter() - started,
-            "volume": str(folder / "reconstruction" / "volume.nrrd"),
-        })
+        rows.append(
+            {
+                "input": name,
+                "psnr_2d_db": psnr_2d if math.isfinite(psnr_2d) else None,  # None: identical to the ideal DRRs
+                "ssim_2d": ssim_2d,
+                "psnr_3d_db": psnr_3d(volume, truth),
+                "ssim_3d": ssim_3d(volume, truth),
+                "psnr_3d_plain_db": psnr_3d(fitted, plain_truth),
+                "ssim_3d_plain": ssim_3d(fitted, plain_truth),
+                "reconstruction_seconds": time.perf_counter() - started,
+                "volume": str(folder / "reconstruction" / "volume.nrrd"),
+            }
+        )
     return rows

@@ -14,8 +14,8 @@ import numpy as np
 from ixgs_engine.device import resolve_device
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.io.scan import load_view_pixels, read_scan, write_scan
-from ixgs_engine.standardize.model import StandardizationModel, load_model
 from ixgs_engine.progress import ProgressCallback
+from ixgs_engine.standardize.model import StandardizationModel, load_model
 
 
 def apply_model(model: str | Path | StandardizationModel, images: np.ndarray, device: str = "cpu") -> np.ndarray:
@@ -45,8 +45,12 @@ def standardize_scan(
             progress(index + 1, len(scan.views))
     # the ground truth of a simulated scan is the plain attenuation map, not the bone-enhanced one
     extra = {key: value for key, value in scan.extra.items() if key != "ground_truth"}
-    extra["standardized"] = {"model": str(Path(model_path).resolve()), "source_scan": str(scan.folder.resolve()),
-                             "source_image_kind": scan.image_kind, "bone_weight": model.info.get("bone_weight")}
+    extra["standardized"] = {
+        "model": str(Path(model_path).resolve()),
+        "source_scan": str(scan.folder.resolve()),
+        "source_image_kind": scan.image_kind,
+        "bone_weight": model.info.get("bone_weight"),
+    }
     spacing = scan.views[0].pixel_spacing
     path = write_scan(output_dir, images, list(scan.matrices), "line_integral", scan.roi, spacing, scan.geometry, extra)
     return path, len(images)

@@ -56,7 +56,7 @@ class Pix2PixConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Pix2PixConfig":
+    def from_dict(cls, values: dict) -> Pix2PixConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(values) - names
         if unknown:
@@ -66,12 +66,33 @@ class Pix2PixConfig:
 
 CONFIGS: dict[str, Pix2PixConfig] = {
     # Trains on a laptop CPU in minutes on 128x128 views (1.0 M generator weights).
-    "light": Pix2PixConfig("light", base_channels=16, depth=5, max_channels=128, disc_channels=16, disc_layers=2,
-                           dropout=0.0, batch_size=4, steps=1500, crop=0),
+    "light": Pix2PixConfig(
+        "light",
+        base_channels=16,
+        depth=5,
+        max_channels=128,
+        disc_channels=16,
+        disc_layers=2,
+        dropout=0.0,
+        batch_size=4,
+        steps=1500,
+        crop=0,
+    ),
     # pix2pix's unet_256 + 70x70 PatchGAN (54 M generator weights): a GPU job on real pairs.
-    "paper": Pix2PixConfig("paper", base_channels=64, depth=8, max_channels=512, disc_channels=64, disc_layers=3,
-                           dropout=0.5, batch_size=1, steps=100_000, crop=256, validate_every=2000,
-                           checkpoint_every=2000),
+    "paper": Pix2PixConfig(
+        "paper",
+        base_channels=64,
+        depth=8,
+        max_channels=512,
+        disc_channels=64,
+        disc_layers=3,
+        dropout=0.5,
+        batch_size=1,
+        steps=100_000,
+        crop=256,
+        validate_every=2000,
+        checkpoint_every=2000,
+    ),
 }
 
 
@@ -92,7 +113,7 @@ class Normalization:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Normalization":
+    def from_dict(cls, values: dict) -> Normalization:
         return cls(float(values["target_scale"]), tuple(float(p) for p in values["input_percentiles"]))
 
     def normalize_input(self, image: np.ndarray) -> np.ndarray:

@@ -30,17 +30,16 @@ from ixgs_engine.io import atomic_output
 from ixgs_engine.io.scan import load_view_pixels, read_scan
 from ixgs_engine.io.xray_images import read_xray_image, write_xray_image
 from ixgs_engine.phantoms import spine_phantom
+from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.simulate import CarmSetup, arbitrary_poses, pose_matrices, render_line_integrals
 from ixgs_engine.standardize.radiograph import ParamRanges, sample_params, simulate_radiograph
 from ixgs_engine.standardize.spectrum import BONE, REFERENCE_KEV, WATER, decompose_hu, mass_attenuation
 from ixgs_engine.volume import Volume
-from ixgs_engine.progress import ProgressCallback
 
 PAIRS_FORMAT = "ixgs-pairs/1"
 PAIRS_FILE = "pairs.json"
 DEFAULT_BONE_WEIGHT = 2.5  # bone attenuation is multiplied by this in the target
 PHANTOM_FIELD_OF_VIEW_MM = 192.0
-
 
 
 def _reference_coefficients() -> tuple[float, float]:
@@ -248,12 +247,15 @@ def make_simulated_pairs(
             if progress is not None:
                 progress(_offset + view, views)
 
-        simulated = simulate_views(hu, int(count), seed + 1000 * index, detector_pixels, pixel_mm, bone_weight,
-                                   device=device, progress=report)
+        simulated = simulate_views(
+            hu, int(count), seed + 1000 * index, detector_pixels, pixel_mm, bone_weight, device=device, progress=report
+        )
         inputs += list(simulated.radiographs)
         targets += list(simulated.targets)
-        entries += [{"group": name, "projection_matrix": m.tolist(), "simulation": p}
-                    for m, p in zip(simulated.matrices, simulated.params, strict=True)]
+        entries += [
+            {"group": name, "projection_matrix": m.tolist(), "simulation": p}
+            for m, p in zip(simulated.matrices, simulated.params, strict=True)
+        ]
         done += int(count)
     info = {"bone_weight": bone_weight, "source": "simulated", "parameter_ranges": ParamRanges().to_dict()}
     return write_pairs(output, inputs, targets, entries, info)
@@ -277,7 +279,9 @@ def make_pairs_from_scan(
             raise ScanError("image size differs from view 0; all views must have the same size", index, view.image)
     water, bone = render_basis(hu, scan.matrices, images[0].shape, device, progress)
     targets = bone_enhanced_from_basis(water, bone, bone_weight)
-    entries = [{"group": str(scan.folder.name), "projection_matrix": v.projection_matrix.tolist(),
-                "scan_image": v.image} for v in scan.views]
+    entries = [
+        {"group": str(scan.folder.name), "projection_matrix": v.projection_matrix.tolist(), "scan_image": v.image}
+        for v in scan.views
+    ]
     info = {"bone_weight": bone_weight, "source": f"scan {scan.folder}", "image_kind": scan.image_kind}
     return write_pairs(output, images, list(targets), entries, info)

@@ -92,7 +92,9 @@ def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float
 
 
 def sample_params(
-    rng: np.random.Generator, pixel_mm: float, ranges: ParamRanges = ParamRanges()  # noqa: B008 - frozen
+    rng: np.random.Generator,
+    pixel_mm: float,
+    ranges: ParamRanges = ParamRanges(),  # noqa: B008 - frozen
 ) -> RadiographParams:
     """One view's random settings; ``pixel_mm`` turns the scatter kernel width into pixels."""
     uniform = lambda bounds: float(rng.uniform(*bounds))  # noqa: E731

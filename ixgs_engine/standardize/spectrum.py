@@ -16,7 +16,7 @@ line integrals (g/cm^3 x mm) and any spectrum's transmission follows from them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -38,7 +38,7 @@ def _xraylib():
     return xraylib
 
 
-@lru_cache(maxsize=None)
+@cache
 def mass_attenuation(material: str, kev: float) -> float:
     """mu/rho (cm^2/g) of a NIST compound at one energy (xraylib)."""
     return float(_xraylib().CS_Total_CP(material, float(kev)))

@@ -28,6 +28,7 @@ from PIL import Image
 from ixgs_engine.device import resolve_device
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.io import atomic_output
+from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.standardize.model import (
     Normalization,
     PatchDiscriminator,
@@ -39,7 +40,6 @@ from ixgs_engine.standardize.model import (
     save_model,
 )
 from ixgs_engine.standardize.pairs import PairSet, read_pairs
-from ixgs_engine.progress import ProgressCallback
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "log.jsonl"
@@ -95,7 +95,7 @@ def _crop_and_flip(
         height, width = x.shape
         h, w = (min(crop, height), min(crop, width)) if crop else (height, width)
         top, left = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
-        x, y = x[top:top + h, left:left + w], y[top:top + h, left:left + w]
+        x, y = x[top : top + h, left : left + w], y[top : top + h, left : left + w]
         if rng.uniform() < 0.5:
             x, y = x[:, ::-1], y[:, ::-1]
         if rng.uniform() < 0.5:
@@ -111,8 +111,14 @@ def _crop_and_flip(
 class Pix2PixTrainer:
     """Generator, discriminator, optimizers and the data of one training run."""
 
-    def __init__(self, config: Pix2PixConfig, pairs: PairSet, device: torch.device, seed: int = 0,
-                 normalization: Normalization | None = None) -> None:
+    def __init__(
+        self,
+        config: Pix2PixConfig,
+        pairs: PairSet,
+        device: torch.device,
+        seed: int = 0,
+        normalization: Normalization | None = None,
+    ) -> None:
         self.config = config
         self.pairs = pairs
         self.device = device
@@ -151,8 +157,10 @@ class Pix2PixTrainer:
         """The normalized training batch of a step (the same for the same seed and step)."""
         rng = np.random.default_rng([self.seed, step])
         picks = rng.choice(self.train_indices, size=self.config.batch_size)
-        normalized = [(self.normalization.normalize_input(x), self.normalization.normalize_target(y))
-                      for x, y in (self.pair(int(i)) for i in picks)]
+        normalized = [
+            (self.normalization.normalize_input(x), self.normalization.normalize_target(y))
+            for x, y in (self.pair(int(i)) for i in picks)
+        ]
         x, y = _crop_and_flip(normalized, self.config.crop, rng)
         return x.to(self.device), y.to(self.device)
 
@@ -213,7 +221,7 @@ class Pix2PixTrainer:
             torch.save(record, temp)
 
     @classmethod
-    def from_checkpoint(cls, path: Path, pairs: PairSet, device: torch.device) -> "Pix2PixTrainer":
+    def from_checkpoint(cls, path: Path, pairs: PairSet, device: torch.device) -> Pix2PixTrainer:
         try:
             record = torch.load(path, map_location=device, weights_only=True)
             config = Pix2PixConfig.from_dict(json.loads(record["config"]))
@@ -298,15 +306,33 @@ def train_model(
             if step % trainer.config.checkpoint_every == 0 or step == total:
                 trainer.save_checkpoint(checkpoint)
             if progress is not None:
-                progress(step, total, {"loss": entry["l1"], "l1": entry["l1"], **(
-                    {"psnr": entry["val_psnr"]} if "val_psnr" in entry else {})})
+                progress(
+                    step,
+                    total,
+                    {
+                        "loss": entry["l1"],
+                        "l1": entry["l1"],
+                        **({"psnr": entry["val_psnr"]} if "val_psnr" in entry else {}),
+                    },
+                )
     if validation["val_l1"] != validation["val_l1"]:  # nothing left to train after a resume: score now
         validation = trainer.validate()
-    info = {"pairs": str(Path(pairs_dir)), "steps": trainer.step, "bone_weight": pairs.bone_weight,
-            "validation_l1": validation["val_l1"], "validation_psnr_db": validation["val_psnr"]}
+    info = {
+        "pairs": str(Path(pairs_dir)),
+        "steps": trainer.step,
+        "bone_weight": pairs.bone_weight,
+        "validation_l1": validation["val_l1"],
+        "validation_psnr_db": validation["val_psnr"],
+    }
     save_model(model_path, trainer.model(info))
     recent = losses[-LOG_EVERY:] if losses else [float("nan")]
     return TrainingSummary(
-        model_path, trainer.step, len(trainer.train_indices), len(trainer.validation_indices),
-        time.perf_counter() - started, float(np.mean(recent)), validation["val_l1"], validation["val_psnr"],
+        model_path,
+        trainer.step,
+        len(trainer.train_indices),
+        len(trainer.validation_indices),
+        time.perf_counter() - started,
+        float(np.mean(recent)),
+        validation["val_l1"],
+        validation["val_psnr"],
     )
