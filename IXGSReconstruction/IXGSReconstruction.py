@@ -38,7 +38,7 @@ ENGINE_PARENT = dependencies.make_engine_importable(MODULE_FOLDER)
 # Only modules that need nothing beyond Slicer's own packages (numpy, VTK) load with the module, so it
 # loads in a fresh Slicer before the engine's dependencies are installed; scan_files is imported on use.
 from IXGSReconstructionLib import engine_process, mrml_bridge, points_file  # noqa: E402
-from IXGSReconstructionLib.scripted_module import EngineModuleLogic, EngineModuleWidget, engine_job, is_set  # noqa: E402
+from IXGSReconstructionLib.scripted_module import EngineModuleLogic, EngineModuleWidget, is_set  # noqa: E402
 
 VIEW_ATTRIBUTE = "IXGS.View"
 SCAN_ATTRIBUTE = "IXGS.Scan"
@@ -85,8 +85,6 @@ class IXGSReconstructionParameterNode:
 
 
 class IXGSReconstructionWidget(EngineModuleWidget):
-    engineParent = ENGINE_PARENT
-
     def setup(self) -> None:
         EngineModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/IXGSReconstruction.ui"))
@@ -112,7 +110,7 @@ class IXGSReconstructionWidget(EngineModuleWidget):
 
     def _updateButtons(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        running = self.job is not None and self.job.is_running()
+        running = self.logic.isJobRunning()
         hasScan = is_set(p.scanFolder) and (pathlib.Path(p.scanFolder) / "scan.json").is_file()
         self.ui.loadScanButton.enabled = hasScan and not running
         self.ui.runButton.enabled = hasScan and not running
@@ -216,26 +214,15 @@ class IXGSReconstructionWidget(EngineModuleWidget):
         return details
 
     def onDetect(self) -> None:
-        p = self._parameterNode
-        output = self.logic.workFolder("detections")
-        self.runEngine(
-            engine_process.poses_detect_arguments(p.scanFolder, p.phantomFile, output),
-            lambda: self.logic.loadDetections(p.scanFolder, output),
-        )
+        self.startJob(self.logic.detectPoses)
 
     def onEstimate(self) -> None:
-        p = self._parameterNode
-        points = self.logic.exportPoints(self.logic.workFolder("points") / "points.json")
-        output = self.logic.workFolder("calibrated")
-        arguments = engine_process.poses_estimate_arguments(
-            p.scanFolder, p.phantomFile, output, points, self.logic.detectionsFile
-        )
+        def finished(success: bool, message: str) -> None:
+            self.onFinished(success, message)
+            if success:  # the calibrated scan is loaded: show its current view
+                self.onViewChanged(self._parameterNode.currentView)
 
-        def loadCalibrated():
-            p.scanFolder = output
-            self.onLoadScan()
-
-        self.runEngine(arguments, loadCalibrated)
+        self.startJob(lambda onProgress, onLog, _onFinished: self.logic.estimatePoses(onProgress, onLog, finished))
 
     def onResetRoi(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("The scan has no usable box."), waitCursor=True):
@@ -243,20 +230,7 @@ class IXGSReconstructionWidget(EngineModuleWidget):
             p.roi = self.logic.roiNodeFromScan(p.scanFolder, p.roi)
 
     def onRun(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("The reconstruction could not start."), waitCursor=True):
-            p = self._parameterNode
-            self.logic.checkDevice(p.device)
-            if not is_set(p.outputFolder):
-                p.outputFolder = self.logic.workFolder(time.strftime("reconstruction-%Y%m%d-%H%M%S"))
-            arguments = self.logic.reconstructionArguments(
-                p.scanFolder, p.roi, p.outputFolder, p.preset, p.device, p.iterations, p.resume
-            )
-            output = pathlib.Path(p.outputFolder)
-            self.runEngine(arguments, lambda: self.onReconstructed(output))
-
-    def onReconstructed(self, output: pathlib.Path) -> None:
-        p = self._parameterNode
-        p.volume = self.logic.loadVolume(output / "volume.nrrd", p.threshold)
+        self.startJob(self.logic.reconstruct)
 
     # --- result ---
 
@@ -281,15 +255,62 @@ class IXGSReconstructionWidget(EngineModuleWidget):
 
 
 class IXGSReconstructionLogic(EngineModuleLogic):
-    """Everything the widget does, callable without the widget (self-tests, Python console)."""
+    """Everything the widget does, callable without the widget (self-tests, Python console).
+    ``runner`` makes the engine jobs (default: a QProcess; ``engine_jobs.SubprocessJob`` in a
+    script or a test)."""
 
-    def __init__(self) -> None:
-        EngineModuleLogic.__init__(self)
+    def __init__(self, runner=None) -> None:
+        EngineModuleLogic.__init__(self, runner, ENGINE_PARENT)
         self.detectionsFile = None  # detections.json of `ixgs poses detect`, shown as markups
         self._detected = {}  # view -> detected (u, v), to tell the user's changes from them
 
     def getParameterNode(self):
         return IXGSReconstructionParameterNode(super().getParameterNode())
+
+    # --- engine jobs (the buttons, the Python console and the tests start them here) ---
+
+    def detectPoses(self, onProgress=None, onLog=None, onFinished=None):
+        """Detect the phantom's beads in the scan's X-rays; their points are loaded when done."""
+        p = self.getParameterNode()
+        output = self.workFolder("detections")
+        arguments = engine_process.poses_detect_arguments(p.scanFolder, p.phantomFile, output)
+        return self.startJob(
+            arguments, lambda: self.loadDetections(p.scanFolder, output), onProgress, onLog, onFinished
+        )
+
+    def estimatePoses(self, onProgress=None, onLog=None, onFinished=None):
+        """Estimate the poses from the detections and the placed points; the calibrated scan
+        becomes the scan (loaded) when done."""
+        p = self.getParameterNode()
+        points = self.exportPoints(self.workFolder("points") / "points.json")
+        output = self.workFolder("calibrated")
+        arguments = engine_process.poses_estimate_arguments(
+            p.scanFolder, p.phantomFile, output, points, self.detectionsFile
+        )
+
+        def loadCalibrated() -> None:
+            p.scanFolder = output
+            self.loadScan(output)
+
+        return self.startJob(arguments, loadCalibrated, onProgress, onLog, onFinished)
+
+    def reconstruct(self, onProgress=None, onLog=None, onFinished=None, extraArguments=()):
+        """Reconstruct the scan with the parameter node's box, preset, device and iterations
+        (``resume``: continue the output folder's run); the volume is loaded, thresholded and
+        rendered when done. ``extraArguments`` go to ``ixgs reconstruct`` as they are."""
+        p = self.getParameterNode()
+        self.checkDevice(p.device)
+        if not is_set(p.outputFolder):
+            p.outputFolder = self.workFolder(time.strftime("reconstruction-%Y%m%d-%H%M%S"))
+        arguments = self.reconstructionArguments(
+            p.scanFolder, p.roi, p.outputFolder, p.preset, p.device, p.iterations, p.resume
+        )
+        output = pathlib.Path(p.outputFolder)
+
+        def loadResult() -> None:
+            p.volume = self.loadVolume(output / "volume.nrrd", p.threshold)
+
+        return self.startJob([*arguments, *extraArguments], loadResult, onProgress, onLog, onFinished)
 
     # --- dependencies and device ---
 
@@ -538,17 +559,37 @@ class IXGSReconstructionLogic(EngineModuleLogic):
 
 
 class IXGSReconstructionTest(ScriptedLoadableModuleTest):
-    """Self-test: simulate a tiny scan, reconstruct a few iterations in an engine process through the
-    same QProcess path as the Reconstruct button, and check the loaded volume's geometry."""
+    """Self-tests. ``test_commands`` needs nothing beyond Slicer and always runs; where the
+    engine's dependencies are installed, a tiny simulated scan's points round trip and its
+    reconstruction through the Logic's default runner (the QProcess of the Reconstruct button),
+    checking the loaded volume's geometry, realignment and hardening."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
+        self.test_commands()
+        if dependencies.missing_requirements(dependencies.engine_requirements(ENGINE_PARENT)) or not (
+            dependencies.is_importable("torch")
+        ):
+            self.delayDisplay("The engine's dependencies are not installed: the engine tests are skipped")
+            return
+        self.setUp()
         self.test_points_round_trip()
         self.setUp()
         self.test_reconstruct_tiny_scan()
+
+    def test_commands(self):
+        """The Logic's command lines are the engine's, with the run's cancel file (no engine
+        process, nothing beyond Slicer's own packages)."""
+        arguments = engine_process.reconstruct_arguments("scan", "run", "fast", "cpu", 10, resume=True)
+        self.assertEqual(arguments[:2], ["reconstruct", "scan"])
+        self.assertIn("--resume", arguments)
+        self.assertEqual(
+            engine_process.cancel_file_in(arguments), pathlib.Path("run") / engine_process.CANCEL_FILE_NAME
+        )
+        self.assertEqual(IXGSReconstructionLogic().getParameterNode().preset, "auto")
 
     def simulateScan(self, folder):
         from ixgs_engine.simulate import simulate_phantom_scan
@@ -585,16 +626,19 @@ class IXGSReconstructionTest(ScriptedLoadableModuleTest):
         logic.loadScan(folder / "scan")
         roiNode = logic.getParameterNode().roi
         self.assertIsNotNone(roiNode)
-        arguments = logic.reconstructionArguments(folder / "scan", roiNode, folder / "run", "fast", "cpu", 10)
-        outcome = {}
-        job = engine_job(
-            arguments + ["--gaussians", "400", "--voxel-size", "8"],
-            ENGINE_PARENT,
-            lambda event: None,
-            logging.info,
-            lambda ok, message: outcome.update(ok=ok, message=message),
+        parameters = logic.getParameterNode()
+        parameters.outputFolder, parameters.preset, parameters.device, parameters.iterations = (
+            folder / "run",
+            "fast",
+            "cpu",
+            10,
         )
-        job.start()
+        outcome = {}
+        job = logic.reconstruct(
+            onLog=logging.info,
+            onFinished=lambda ok, message: outcome.update(ok=ok, message=message),
+            extraArguments=["--gaussians", "400", "--voxel-size", "8"],
+        )
         deadline = time.time() + 600
         while "ok" not in outcome and time.time() < deadline:
             slicer.app.processEvents()
@@ -602,6 +646,7 @@ class IXGSReconstructionTest(ScriptedLoadableModuleTest):
         self.assertTrue(outcome.get("ok"), outcome.get("message"))
         self.assertIsNotNone(job.reader.last_progress)
         self.assertEqual(job.reader.last_progress.done, job.reader.last_progress.total)
+        self.assertIsNotNone(parameters.volume)
 
         node = logic.loadVolume(folder / "run" / "volume.nrrd", 0.02)
         written = read_volume(folder / "run" / "volume.nrrd")

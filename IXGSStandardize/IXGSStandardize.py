@@ -2,8 +2,8 @@
 
 Pick a trained model and preview a raw X-ray beside its standardized version; apply the model
 to a whole scan (a new scan folder, ready for IXGS Reconstruction); or train a model from a
-folder of raw/target pairs, with progress and Cancel. Training and applying run
-``ixgs standardize train|apply`` in a separate process; the preview of one image runs here.
+folder of raw/target pairs, with progress and Cancel. Preview, apply and training run
+``ixgs standardize preview|apply|train`` in a separate process, so Slicer stays responsive.
 """
 
 import os
@@ -64,8 +64,6 @@ class IXGSStandardizeParameterNode:
 
 
 class IXGSStandardizeWidget(EngineModuleWidget):
-    engineParent = ENGINE_PARENT
-
     def setup(self) -> None:
         EngineModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/IXGSStandardize.ui"))
@@ -80,7 +78,7 @@ class IXGSStandardizeWidget(EngineModuleWidget):
 
     def _updateButtons(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        running = self.job is not None and self.job.is_running()
+        running = self.logic.isJobRunning()
         hasModel = is_set(p.modelFile) and pathlib.Path(p.modelFile).is_file()
         hasScan = is_set(p.scanFolder) and (pathlib.Path(p.scanFolder) / "scan.json").is_file()
         self.ui.previewButton.enabled = hasModel and hasScan
@@ -89,10 +87,7 @@ class IXGSStandardizeWidget(EngineModuleWidget):
         self.ui.cancelButton.enabled = running
 
     def onPreview(self) -> None:
-        p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("The preview failed."), waitCursor=True):
-            raw, standardized = self.logic.preview(p.modelFile, p.scanFolder, p.previewView)
-            self.logic.showSideBySide(raw, standardized)
+        self.startJob(self.logic.preview)
 
     def statusLabel(self):
         return self.ui.statusLabel
@@ -105,45 +100,64 @@ class IXGSStandardizeWidget(EngineModuleWidget):
         ]
 
     def onApply(self) -> None:
-        p = self._parameterNode
-        if not is_set(p.outputScanFolder):
-            p.outputScanFolder = self.logic.workFolder(time.strftime("standardized-%Y%m%d-%H%M%S"))
-        output = pathlib.Path(p.outputScanFolder)
-        self.runEngine(
-            engine_process.standardize_apply_arguments(p.modelFile, p.scanFolder, output),
-            lambda: self.logic.useForReconstruction(output),
-        )
+        self.startJob(self.logic.applyModel)
 
     def onTrain(self) -> None:
-        p = self._parameterNode
+        self.startJob(self.logic.trainModel)
+
+
+class IXGSStandardizeLogic(EngineModuleLogic):
+    """Everything the widget does, callable without it (the Python console, the tests)."""
+
+    def __init__(self, runner=None) -> None:
+        EngineModuleLogic.__init__(self, runner, ENGINE_PARENT)
+
+    def getParameterNode(self):
+        return IXGSStandardizeParameterNode(super().getParameterNode())
+
+    def preview(self, onProgress=None, onLog=None, onFinished=None):
+        """Standardize the parameter node's preview view in an engine process; when done, the raw
+        X-ray and its standardized version are shown side by side."""
+        from ixgs_engine.io.scan import read_scan
+
+        p = self.getParameterNode()
+        scan = read_scan(p.scanFolder, require_poses=False)
+        if not 0 <= p.previewView < len(scan.views):
+            raise ValueError(_("The scan has X-rays 0 to {last}.").format(last=len(scan.views) - 1))
+        output = self.workFolder("preview") / f"view{p.previewView}.tif"
+        arguments = engine_process.standardize_preview_arguments(p.modelFile, p.scanFolder, p.previewView, output)
+
+        def show() -> None:
+            from ixgs_engine.io.xray_images import read_xray_image
+
+            entry = scan.views[p.previewView]
+            raw = read_xray_image(scan.folder / entry.image, frame=entry.frame).pixels
+            self.showSideBySide(raw, read_xray_image(output).pixels)
+
+        return self.startJob(arguments, show, onProgress, onLog, onFinished)
+
+    def applyModel(self, onProgress=None, onLog=None, onFinished=None):
+        """Standardize the whole scan into a new scan folder, which becomes IXGS Reconstruction's input."""
+        p = self.getParameterNode()
+        if not is_set(p.outputScanFolder):
+            p.outputScanFolder = self.workFolder(time.strftime("standardized-%Y%m%d-%H%M%S"))
+        output = pathlib.Path(p.outputScanFolder)
+        arguments = engine_process.standardize_apply_arguments(p.modelFile, p.scanFolder, output)
+        return self.startJob(arguments, lambda: self.useForReconstruction(output), onProgress, onLog, onFinished)
+
+    def trainModel(self, onProgress=None, onLog=None, onFinished=None):
+        """Train a model from the pairs folder (``resume``: continue its checkpoint); it becomes
+        the model to apply when done."""
+        p = self.getParameterNode()
         model = pathlib.Path(p.trainModelFile)
         arguments = engine_process.standardize_train_arguments(
             p.pairsFolder, model, p.trainConfig, p.trainSteps, p.resume
         )
 
-        def useModel():
+        def useModel() -> None:
             p.modelFile = model
 
-        self.runEngine(arguments, useModel)
-
-
-class IXGSStandardizeLogic(EngineModuleLogic):
-    def getParameterNode(self):
-        return IXGSStandardizeParameterNode(super().getParameterNode())
-
-    @staticmethod
-    def preview(modelFile, scanFolder, view: int):
-        """(raw, standardized) pixels of one X-ray of a scan, standardized in this process."""
-        from ixgs_engine.io.scan import read_scan
-        from ixgs_engine.io.xray_images import read_xray_image
-        from ixgs_engine.standardize import apply_model
-
-        scan = read_scan(scanFolder, require_poses=False)
-        if not 0 <= view < len(scan.views):
-            raise ValueError(_("The scan has X-rays 0 to {last}.").format(last=len(scan.views) - 1))
-        entry = scan.views[view]
-        raw = read_xray_image(scan.folder / entry.image, frame=entry.frame).pixels
-        return raw, apply_model(modelFile, raw[None], "cpu")[0]
+        return self.startJob(arguments, useModel, onProgress, onLog, onFinished)
 
     @staticmethod
     def showSideBySide(raw, standardized):
@@ -174,68 +188,62 @@ class IXGSStandardizeLogic(EngineModuleLogic):
 
 
 class IXGSStandardizeTest(ScriptedLoadableModuleTest):
-    """Self-test: make a few simulated pairs, train a tiny model for a few steps and apply it to a
-    tiny simulated scan through the engine processes; the standardized scan keeps the geometry."""
+    """Self-tests. ``test_commands`` needs nothing but Slicer and always runs; where the engine's
+    dependencies (torch, ...) are installed, ``test_train_preview_and_apply`` makes a few
+    simulated pairs, trains a tiny model and previews and applies it through the Logic's jobs."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_train_and_apply()
+        self.test_commands()
+        if dependencies.is_importable("torch"):
+            self.setUp()
+            self.test_train_preview_and_apply()
+        else:
+            self.delayDisplay("The engine's dependencies are not installed: the training test is skipped")
 
-    def runEngineAndWait(self, arguments):
-        import subprocess
+    def test_commands(self):
+        """The Logic's command lines are the engine's (no engine process, no torch)."""
+        logic = IXGSStandardizeLogic()
+        parameters = logic.getParameterNode()
+        self.assertEqual(parameters.trainConfig, "light")
+        arguments = engine_process.standardize_preview_arguments("m.pt", "scan", 2, "out.tif")
+        self.assertEqual(arguments[:2], ["standardize", "preview"])
+        self.assertEqual(arguments[arguments.index("--view") + 1], "2")
 
-        completed = subprocess.run(
-            engine_process.engine_command(arguments),
-            capture_output=True,
-            text=True,
-            env=engine_process.engine_environment(engine_parent=ENGINE_PARENT),
-        )
-        self.assertEqual(completed.returncode, 0, completed.stderr[-2000:])
-        return completed
+    def runAndWait(self, start):
+        outcome = {}
+        job = start(onFinished=lambda ok, message: outcome.update(ok=ok, message=message))
+        job.wait()
+        self.assertTrue(outcome.get("ok"), outcome.get("message"))
 
-    def test_train_and_apply(self):
+    def test_train_preview_and_apply(self):
         import numpy as np
 
         from ixgs_engine.io.scan import read_scan
         from ixgs_engine.simulate import simulate_phantom_scan
+        from ixgs_engine.standardize.pairs import make_simulated_pairs, phantom_variant
+        from IXGSReconstructionLib.engine_jobs import SubprocessJob
 
-        self.delayDisplay("Training a tiny standardization model and applying it")
+        self.delayDisplay("Training a tiny standardization model, previewing and applying it")
         folder = pathlib.Path(tempfile.mkdtemp(prefix="ixgs-standardize-"))
-        logic = IXGSStandardizeLogic()
-        self.runEngineAndWait(
-            [
-                "standardize",
-                "make-pairs",
-                "--phantom",
-                "spine",
-                "--phantom-size",
-                "32",
-                "--phantom-variants",
-                "1",
-                "--views",
-                "4",
-                "--detector-pixels",
-                "32",
-                "--pixel-size",
-                "8",
-                "-o",
-                str(folder / "pairs"),
-            ]
-        )
-        model = folder / "model.pt"
-        self.runEngineAndWait(engine_process.standardize_train_arguments(folder / "pairs", model, "light", 2))
+        logic = IXGSStandardizeLogic(runner=SubprocessJob)
+        make_simulated_pairs(folder / "pairs", [("spine", phantom_variant(32, 0, 0.1))], 4, 0, 32, 8.0)
+        parameters = logic.getParameterNode()
+        parameters.pairsFolder, parameters.trainModelFile, parameters.trainSteps = folder / "pairs", folder / "m.pt", 2
+        self.runAndWait(logic.trainModel)
+        self.assertEqual(pathlib.Path(parameters.modelFile), folder / "m.pt")
         simulate_phantom_scan(folder / "scan", "spine", 24, 8.0, 3, 32, 8.0)
-        output = folder / "standardized"
-        self.runEngineAndWait(engine_process.standardize_apply_arguments(model, folder / "scan", output))
-        source, standardized = read_scan(folder / "scan"), read_scan(output)
-        self.assertEqual(len(standardized.views), 3)
-        np.testing.assert_allclose(standardized.matrices, source.matrices)
-
-        raw, preview = logic.preview(model, folder / "scan", 1)
-        self.assertEqual(raw.shape, preview.shape)
-        nodes = logic.showSideBySide(raw, preview)
-        self.assertEqual([n.GetName() for n in nodes], [RAW_NODE_NAME, STANDARDIZED_NODE_NAME])
+        parameters.scanFolder, parameters.previewView = folder / "scan", 1
+        self.runAndWait(logic.preview)
+        raw, standardized = (slicer.mrmlScene.GetFirstNodeByName(n) for n in (RAW_NODE_NAME, STANDARDIZED_NODE_NAME))
+        self.assertIsNotNone(raw)
+        self.assertEqual(raw.GetImageData().GetDimensions(), standardized.GetImageData().GetDimensions())
+        parameters.outputScanFolder = folder / "standardized"
+        self.runAndWait(logic.applyModel)
+        source, result = read_scan(folder / "scan"), read_scan(folder / "standardized")
+        self.assertEqual(len(result.views), 3)
+        np.testing.assert_allclose(result.matrices, source.matrices)
         self.delayDisplay("Test passed")

@@ -136,6 +136,11 @@ def standardize_apply_arguments(model: str | Path, scan: str | Path, output: str
     return ["standardize", "apply", str(model), str(scan), "-o", str(output), "--overwrite"]
 
 
+def standardize_preview_arguments(model: str | Path, scan: str | Path, view: int, output: str | Path) -> list[str]:
+    """``ixgs standardize preview`` arguments: one view standardized into an image file."""
+    return ["standardize", "preview", str(model), str(scan), "--view", str(int(view)), "-o", str(output)]
+
+
 @dataclass
 class ProgressEvent:
     """One progress update of the engine: ``stage`` (e.g. "reconstructing"), ``done`` of

@@ -15,6 +15,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic, ScriptedL
 from slicer.util import VTKObservationMixin
 
 from IXGSReconstructionLib import engine_process
+from IXGSReconstructionLib.engine_jobs import CANCELLED
 
 
 def is_set(path) -> bool:
@@ -22,13 +23,11 @@ def is_set(path) -> bool:
     return path is not None and str(path) not in ("", ".")
 
 
-def engine_job(arguments, engineParent, onProgress, onLog, onFinished):
-    """An EngineJob (QProcess) for ``ixgs <arguments>`` with the engine (``engineParent``, see
-    ``dependencies.make_engine_importable``) on its PYTHONPATH."""
+def qt_runner(*args, **kwargs):
+    """The GUI's job runner: a QProcess, so Slicer stays responsive (imported on use: Qt)."""
     from IXGSReconstructionLib.qt_process import EngineJob
 
-    environment = engine_process.engine_environment(engine_parent=engineParent)
-    return EngineJob(arguments, environment, onProgress, onLog, onFinished)
+    return EngineJob(*args, **kwargs)
 
 
 class EngineModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -49,7 +48,6 @@ class EngineModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self.job = None
-        self._afterJob = None
 
     def observeScene(self) -> None:
         """Follow scene closing, connect Cancel and bind the parameter node (end of ``setup()``)."""
@@ -59,8 +57,8 @@ class EngineModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        if self.job is not None:
-            self.job.cancel()
+        if self.logic is not None:
+            self.logic.cancelJob()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -100,14 +98,14 @@ class EngineModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Texts of the live values (loss, ...) of a progress event worth showing."""
         raise NotImplementedError
 
-    def runEngine(self, arguments, afterJob) -> None:
-        """Start an engine command in a separate process; ``afterJob()`` runs when it succeeds."""
+    def startJob(self, start) -> None:
+        """Clear the job display and call ``start(onProgress, onLog, onFinished)``, one of the
+        Logic's job methods (the same path as the Python console and the tests)."""
         self.ui.logTextEdit.clear()
         self.ui.progressBar.value = 0
         self.statusLabel().text = ""
-        self._afterJob = afterJob
-        self.job = engine_job(arguments, self.engineParent, self.onProgress, self.onLog, self.onFinished)
-        self.job.start()
+        with slicer.util.tryWithErrorDisplay(_("The engine could not start."), waitCursor=True):
+            self.job = start(self.onProgress, self.onLog, self.onFinished)
         self._updateButtons()
 
     def onProgress(self, event) -> None:
@@ -120,25 +118,61 @@ class EngineModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onFinished(self, success: bool, message: str) -> None:
         self.statusLabel().text = message
-        afterJob, self._afterJob = self._afterJob, None
         self._updateButtons()  # the finished job object stays until the next one: Qt is still inside its signal
-        if success and afterJob is not None:
-            with slicer.util.tryWithErrorDisplay(_("Using the engine's result failed."), waitCursor=True):
-                afterJob()
-        elif not success and message != "cancelled":
+        if not success and message != CANCELLED:
             slicer.util.errorDisplay(message)
 
     def onCancel(self) -> None:
-        if self.job is not None:
-            self.job.cancel()
+        self.logic.cancelJob()
+
+
+def _ignore(*args) -> None:
+    """A callback that does nothing (the console and tests may not want progress or log lines)."""
 
 
 class EngineModuleLogic(ScriptedLoadableModuleLogic):
-    """Template logic with a per-session work folder for the files a module writes."""
+    """Template logic that owns the module's engine jobs and a per-session work folder.
 
-    def __init__(self) -> None:
+    ``runner`` makes the jobs (``engine_jobs.JobRunner``): a QProcess in the GUI by default,
+    ``engine_jobs.SubprocessJob`` in the console or the tests. ``engineParent`` is the folder
+    that holds the engine when it is not pip installed (for the jobs' PYTHONPATH).
+    """
+
+    def __init__(self, runner=None, engineParent=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self._workFolder = None
+        self.runner = runner or qt_runner
+        self.engineParent = engineParent
+        self.job = None
+
+    def startJob(self, arguments, afterSuccess=None, onProgress=None, onLog=None, onFinished=None):
+        """Start ``ixgs <arguments>`` in a separate process and return the job. When it
+        succeeds, ``afterSuccess()`` runs first (loading its result; an exception there turns
+        the job into a failure with its message); then ``onFinished(success, message)``."""
+        if self.isJobRunning():
+            raise RuntimeError(_("An IXGS job is running; wait for it or cancel it first."))
+        onFinished = onFinished or _ignore
+
+        def finished(success: bool, message: str) -> None:
+            if success and afterSuccess is not None:
+                try:
+                    afterSuccess()
+                except Exception as error:  # the result could not be used: say so, as for a failed job
+                    success, message = False, f"{message}; using the result failed: {error}"
+            onFinished(success, message)
+
+        environment = engine_process.engine_environment(engine_parent=self.engineParent)
+        self.job = self.runner(arguments, environment, onProgress or _ignore, onLog or _ignore, finished)
+        self.job.start()
+        return self.job
+
+    def isJobRunning(self) -> bool:
+        return self.job is not None and self.job.is_running()
+
+    def cancelJob(self) -> None:
+        """Stop the running job at its next step (a reconstruction keeps its checkpoint)."""
+        if self.job is not None:
+            self.job.cancel()
 
     def workFolder(self, name: str) -> pathlib.Path:
         """A folder for files the module writes (scans it assembles, points, detections, runs)."""

@@ -20,15 +20,24 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def count(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (views, pixels, voxels, steps)."""
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
     return value
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (views, pixels, voxels, steps)."""
+    return _whole_number(text, 1)
+
+
+def index(text: str) -> int:
+    """An argparse type: a whole number of at least 0 (a view's index)."""
+    return _whole_number(text, 0)
 
 
 def finite(text: str) -> float:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ixgs_engine.cli.options import count, finite, positive
+from ixgs_engine.cli.options import count, finite, index, positive
 from ixgs_engine.device import resolve_device
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.progress import progress_bar
@@ -27,6 +27,7 @@ def add_commands(subparsers) -> None:
     _add_make_pairs(commands)
     _add_train(commands)
     _add_apply(commands)
+    _add_preview(commands)
 
 
 def _add_make_pairs(commands) -> None:
@@ -196,4 +197,34 @@ def _run_apply(args) -> int:
         raise IXGSError(f"{args.output} already holds a scan; pass --overwrite to replace it or choose another folder")
     path, views = standardize_scan(args.model, args.scan, args.output, args.device, progress_bar("standardizing"))
     print(f"standardized {views} views with {args.model} in {time.perf_counter() - started:.1f} s -> {path}")
+    return 0
+
+
+def _add_preview(commands) -> None:
+    parser = commands.add_parser(
+        "preview",
+        help="standardize one view of a scan into an image file",
+        description="Run a trained model on one view of a scan and write the standardized image (float TIFF, "
+        "line integrals of the bone-enhanced map): what IXGS Standardize shows beside the raw X-ray.",
+    )
+    parser.add_argument("model", help="model file from `ixgs standardize train`")
+    parser.add_argument("scan", help="scan folder of raw radiographs (poses not needed)")
+    parser.add_argument("--view", type=index, default=0, help="the view to standardize (default 0)")
+    parser.add_argument("-o", "--output", required=True, help="image file to write (.tif)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.set_defaults(run=_run_preview)
+
+
+def _run_preview(args) -> int:
+    from ixgs_engine.io.scan import load_view_pixels, read_scan
+    from ixgs_engine.io.xray_images import write_xray_image
+    from ixgs_engine.standardize.inference import apply_model
+
+    started = time.perf_counter()
+    scan = read_scan(args.scan, require_poses=False)
+    if args.view >= len(scan.views):
+        raise IXGSError(f"--view {args.view}: {args.scan} has views 0 to {len(scan.views) - 1}")
+    standardized = apply_model(args.model, load_view_pixels(scan, args.view)[None], args.device)[0]
+    write_xray_image(args.output, standardized)
+    print(f"standardized view {args.view} with {args.model} in {time.perf_counter() - started:.1f} s -> {args.output}")
     return 0
