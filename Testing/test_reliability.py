@@ -243,6 +243,8 @@ def _one_line_error(capsys, code: int) -> str:
         (["evaluate", "{truth}", "--reference", "{truth}", "-o", "{tmp}/file/m.json"], "a file stands where a folder"),
         (["report", "{tmp}/file"], "file is not a folder; give the output folder"),
         (["poses", "make-phantom", "-o", "{tmp}/file/p.json"], "a file stands where a folder"),
+        (["standardize", "preview", "{tmp}/m.pt", "{scan}", "--view", "99", "-o", "{tmp}/v.tif"], "has views 0 to 5"),
+        (["standardize", "preview", "{tmp}/m.pt", "{scan}", "--view", "-1", "-o", "{tmp}/v.tif"], "must be at least 0"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(tiny_scan, tmp_path, capsys, argv, expected):
