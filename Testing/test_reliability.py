@@ -379,3 +379,25 @@ def test_batch_names_the_failed_scan_and_still_writes_the_others(tiny_scan, tmp_
     table = (out / "batch.md").read_text()
     assert "| scan-0 | 6 | 6 |" in table and "| scan-1 | failed: view 0" in table
     assert list(json.loads((out / "batch.json").read_text())["rows"]) == ["scan-0"]
+
+
+def test_a_loss_that_turns_nan_stops_the_training_with_the_last_checkpoint_kept(tiny_data, tmp_path):
+    """Values that overflow (NaN loss) stop the run at once, instead of training on garbage."""
+    from ixgs_engine.errors import IXGSError
+
+    class NaNAfter:
+        def __init__(self, backend, after: int) -> None:
+            self.backend, self.after, self.calls, self.name = backend, after, 0, backend.name
+
+        def render(self, *args, **kwargs):
+            self.calls += 1
+            image = self.backend.render(*args, **kwargs)
+            return image * float("nan") if self.calls > self.after else image
+
+        def voxelize(self, *args, **kwargs):
+            return self.backend.voxelize(*args, **kwargs)
+
+    with pytest.raises(IXGSError, match="diverged at iteration 15"):
+        Trainer(tiny_data, TINY, NaNAfter(get_backend("torch"), 15), tmp_path).run()
+    assert len(read_log(tmp_path)) == 14
+    assert all(np.isfinite(entry["loss"]) for entry in read_log(tmp_path))
