@@ -25,11 +25,11 @@ test: $(VENV)/.engine-test
 
 # The engine with the Python packages 3D Slicer 5.10 bundles (numpy 2.0.2, scipy 1.13.1, pydicom
 # 2.4.4, pillow 11.2.1), running the tests of what the Slicer modules use: X-ray and DICOM
-# reading, scan and volume I/O, simulate, the modules' own logic, and reconstruct, cancel and
-# resume of a tiny scan.
+# reading, scan and volume I/O, simulate, both modules' Logic run headless (reconstruct, cancel,
+# resume, review, standardize), and reconstruct, cancel and resume of a tiny scan from the CLI.
 SLICER_510_VENV ?= .venv-slicer-5.10
 SLICER_510_TESTS = Testing/test_io_images.py Testing/test_io_volumes.py Testing/test_scan_format.py \
-	Testing/test_simulate_cli.py Testing/test_mrml.py Testing/test_slicer_modules.py \
+	Testing/test_simulate_cli.py Testing/test_mrml.py Testing/test_slicer_modules.py Testing/test_slicer_logic.py \
 	Testing/test_reliability.py::test_a_cancel_file_stops_the_run_and_resume_finishes_it_identically
 
 test-slicer-5.10:
