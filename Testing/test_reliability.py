@@ -10,6 +10,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -257,16 +259,41 @@ def test_user_errors_are_one_line_with_exit_code_2(tiny_scan, tmp_path, capsys, 
     assert expected in _one_line_error(capsys, code)
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="permissions do not bind root")
-def test_a_read_only_output_folder_is_one_line(tiny_scan, tmp_path, capsys):
+@contextmanager
+def _read_only(folder: Path):
+    """``folder`` made unwritable: by its permissions, or for root (whom permissions do not bind)
+    with the immutable attribute; skips where neither is possible."""
+    if os.name != "posix":
+        pytest.skip("POSIX permissions")
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        try:
+            yield
+        finally:
+            folder.chmod(0o700)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+        pytest.skip("running as root on a file system without the immutable attribute")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("command", ["simulate", "reconstruct"])
+def test_a_read_only_output_folder_is_one_line(tiny_scan, tmp_path, capsys, command):
     locked = tmp_path / "locked"
     locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        code = main(["simulate", "-o", str(locked / "scan"), "--phantom-size", "16", "--views", "2"])
-        assert "Permission denied" in _one_line_error(capsys, code)
-    finally:
-        locked.chmod(0o700)
+    argv = {
+        "simulate": ["simulate", "-o", str(locked / "out"), "--phantom-size", "16", "--views", "2"],
+        "reconstruct": ["reconstruct", str(tiny_scan[0]), "-o", str(locked / "out"), *RUN],
+    }[command]
+    with _read_only(locked):
+        line = _one_line_error(capsys, main(argv))
+    assert (
+        "Permission denied" in line or "Operation not permitted" in line
+    ) and "choose a folder you can write to" in line
+    assert not (locked / "out").exists()
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys):

@@ -8,6 +8,7 @@ from pathlib import Path
 _OS_ERROR_FIXES = {
     errno.ENOSPC: "free some space or write elsewhere; nothing partial was left",
     errno.EACCES: "choose a folder you can write to",
+    errno.EPERM: "choose a folder you can write to",
     errno.EROFS: "choose a writable folder",
     errno.ENOTDIR: "a path component is a file, not a folder; choose another path",
     errno.EISDIR: "give a file name, not a folder",
@@ -21,10 +22,10 @@ def os_error_fix(error: OSError) -> str:
 
 
 def write_error_fix(error: BaseException) -> str:
-    """What to do about a file that could not be written: free space after a full disk,
-    otherwise check the folder."""
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-        return _OS_ERROR_FIXES[errno.ENOSPC]
+    """What to do about a file that could not be written: free space after a full disk, another
+    folder where writing is not allowed, otherwise check the folder."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS):
+        return _OS_ERROR_FIXES[error.errno]
     return "check that the folder is writable and the disk has space"
 
 
