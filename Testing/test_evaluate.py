@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from tiny_settings import HOLDOUT_RUN
 
 from ixgs_engine.cli import main
 from ixgs_engine.errors import GeometryError, IXGSError
@@ -180,29 +181,7 @@ def test_evaluate_command_scores_heldout_views(tmp_path, small_truth, capsys):
     scan = tmp_path / "scan"
     simulate_scan(scan, small_truth, arbitrary_poses(8, isocenter=tuple(small_truth.center())), _setup())
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "reconstruct",
-                str(scan),
-                "-o",
-                str(run),
-                "--preset",
-                "fast",
-                "--iterations",
-                "20",
-                "--gaussians",
-                "400",
-                "--holdout-every",
-                "4",
-                "--voxel-size",
-                "8",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert main(["reconstruct", str(scan), "-o", str(run), *HOLDOUT_RUN]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["heldout_views"] == [3, 7] and summary["views"] == 6
     assert main(["evaluate", str(run), "--device", "cpu"]) == 0

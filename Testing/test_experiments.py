@@ -151,53 +151,15 @@ def scans(tmp_path_factory) -> list[Path]:
 
 def test_batch_reconstructs_each_scan_once(scans, tmp_path):
     out = tmp_path / "batch"
-    assert (
-        main(
-            [
-                "batch",
-                *map(str, scans),
-                "-o",
-                str(out),
-                "--preset",
-                "fast",
-                "--iterations",
-                "20",
-                "--gaussians",
-                "300",
-                "--voxel-size",
-                "8",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    batch = ["batch", *map(str, scans), "-o", str(out), "--preset", "fast", "--iterations", "20"]
+    batch += ["--gaussians", "300", "--voxel-size", "8", "--device", "cpu"]
+    assert main(batch) == 0
     rows = json.loads((out / "batch.json").read_text())["rows"]
     assert sorted(rows) == ["case0", "case1"]
     assert all(0 < r["psnr_3d_db"] < 60 and r["views"] == 6 for r in rows.values())
     assert read_volume(out / "case1" / "volume.nrrd").spacing.tolist() == [8.0, 8.0, 8.0]
     stamp = (out / "case0" / "volume.nrrd").stat().st_mtime_ns
-    assert (
-        main(
-            [
-                "batch",
-                *map(str, scans),
-                "-o",
-                str(out),
-                "--preset",
-                "fast",
-                "--iterations",
-                "20",
-                "--gaussians",
-                "300",
-                "--voxel-size",
-                "8",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert main(batch) == 0
     assert (out / "case0" / "volume.nrrd").stat().st_mtime_ns == stamp
     assert "| case1 | 6 | 20 |" in (out / "batch.md").read_text()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_settings import TINY
 
 from ixgs_engine.cli import main
 from ixgs_engine.errors import IXGSError
@@ -22,20 +23,6 @@ from ixgs_engine.reconstruct.pipeline import reconstruct_scan
 from ixgs_engine.reconstruct.trainer import ReconstructionCancelled, Trainer, exponential_schedule
 from ixgs_engine.render.backend import get_backend
 from ixgs_engine.simulate import simulate_phantom_scan
-
-TINY = ReconstructionConfig(
-    iterations=24,
-    views_per_step=2,
-    init="random",
-    num_gaussians=400,
-    tv_size=8,
-    tv_grid_size=24,
-    densify_from=8,
-    densify_until=16,
-    densify_interval=8,
-    densify_grad_threshold=1e-6,
-    checkpoint_every=10,
-)
 
 
 @pytest.fixture(scope="module")

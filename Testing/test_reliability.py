@@ -19,31 +19,18 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from tiny_settings import TINY
 
 from ixgs_engine.cli import main
 from ixgs_engine.io.scan import load_projections, read_scan
 from ixgs_engine.io.volumes import read_volume, write_volume
 from ixgs_engine.reconstruct import pipeline
-from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData
 from ixgs_engine.reconstruct.run_files import read_log, read_summary
 from ixgs_engine.reconstruct.trainer import ReconstructionCancelled, Trainer
 from ixgs_engine.render.backend import get_backend
 from ixgs_engine.simulate import simulate_phantom_scan
 
-TINY = ReconstructionConfig(
-    iterations=24,
-    views_per_step=2,
-    init="random",
-    num_gaussians=400,
-    tv_size=8,
-    tv_grid_size=24,
-    densify_from=8,
-    densify_until=16,
-    densify_interval=8,
-    densify_grad_threshold=1e-6,
-    checkpoint_every=10,
-)
 PROGRESS_BAR = re.compile(r"\d+/\d+ \[")
 RUN = ["--preset", "fast", "--iterations", "24", "--gaussians", "500", "--device", "cpu", "--voxel-size", "8"]
 

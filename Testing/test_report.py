@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_settings import HOLDOUT_RUN
 
 from ixgs_engine.cli import main
 from ixgs_engine.errors import IXGSError
@@ -30,29 +31,7 @@ def report(tmp_path_factory) -> Path:
     truth = hu_to_attenuation(make_phantom("spine", (24, 24, 24), 8.0))
     setup = CarmSetup(detector=Detector((32, 32), (12.8, 12.8)))
     simulate_scan(folder / "scan", truth, arbitrary_poses(8, isocenter=tuple(truth.center())), setup)
-    assert (
-        main(
-            [
-                "reconstruct",
-                str(folder / "scan"),
-                "-o",
-                str(folder / "run"),
-                "--preset",
-                "fast",
-                "--iterations",
-                "20",
-                "--gaussians",
-                "400",
-                "--holdout-every",
-                "4",
-                "--voxel-size",
-                "8",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert main(["reconstruct", str(folder / "scan"), "-o", str(folder / "run"), *HOLDOUT_RUN]) == 0
     path, metrics = build_report(folder / "run", max_views=3)
     assert metrics["views"] == list(range(8))
     return path

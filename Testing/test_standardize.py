@@ -35,6 +35,9 @@ TINY = Pix2PixConfig(
     validate_every=2,
     checkpoint_every=2,
 )
+SMALL_SCAN = ["simulate", "--phantom-size", "24", "--phantom-spacing", "8", "--views", "3"]
+SMALL_SCAN += ["--detector-pixels", "40", "36", "--pixel-size", "10"]
+"""``ixgs simulate`` of a 3-view scan of 40 x 36 pixels (add ``-o FOLDER``)."""
 NOISELESS = 1e12  # photons: Poisson noise far below every effect a test looks at
 
 
@@ -295,27 +298,7 @@ def test_commands_end_to_end(tmp_path: Path, capsys):
     assert load_model(model).info["steps"] == 3
 
     scan = tmp_path / "scan"
-    assert (
-        main(
-            [
-                "simulate",
-                "-o",
-                str(scan),
-                "--phantom-size",
-                "24",
-                "--phantom-spacing",
-                "8",
-                "--views",
-                "3",
-                "--detector-pixels",
-                "40",
-                "36",
-                "--pixel-size",
-                "10",
-            ]
-        )
-        == 0
-    )
+    assert main(SMALL_SCAN + ["-o", str(scan)]) == 0
     out = tmp_path / "standardized"
     assert main(["standardize", "apply", str(model), str(scan), "-o", str(out)]) == 0
     assert "standardized 3 views" in capsys.readouterr().out
@@ -329,27 +312,7 @@ def test_commands_end_to_end(tmp_path: Path, capsys):
 
 def test_real_pairs_from_a_scan_and_its_ct(tmp_path: Path, capsys):
     scan = tmp_path / "scan"
-    assert (
-        main(
-            [
-                "simulate",
-                "-o",
-                str(scan),
-                "--phantom-size",
-                "24",
-                "--phantom-spacing",
-                "8",
-                "--views",
-                "3",
-                "--detector-pixels",
-                "40",
-                "36",
-                "--pixel-size",
-                "10",
-            ]
-        )
-        == 0
-    )
+    assert main(SMALL_SCAN + ["-o", str(scan)]) == 0
     pairs = tmp_path / "pairs"
     ct = scan / "ground_truth.nrrd"  # attenuation (1/mm): --units auto converts it back to HU
     assert (

@@ -21,6 +21,8 @@ from ixgs_engine.projector.joseph import JosephProjector
 from ixgs_engine.volume import Volume
 
 GROUND_TRUTH_FILE = "ground_truth.nrrd"
+BYTES_PER_VIEW_PIXEL = 16  # the float32 image, its float64 line integrals and noise
+BYTES_PER_VOLUME_VOXEL = 24  # the phantom in HU, its attenuation and the projector's copy
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,12 @@ class Pose:
     primary_deg: float
     secondary_deg: float
     isocenter: tuple[float, float, float]
+
+
+def simulation_bytes(views: int, width: int, height: int, volume_voxels: int = 0) -> int:
+    """About how much memory a simulation of ``views`` views of ``width`` x ``height`` pixels
+    of a volume of ``volume_voxels`` voxels needs (to check before starting)."""
+    return views * width * height * BYTES_PER_VIEW_PIXEL + volume_voxels * BYTES_PER_VOLUME_VOXEL
 
 
 def circular_poses(count: int, arc_deg: tuple[float, float] = (0.0, 360.0), isocenter=(0.0, 0.0, 0.0)) -> list[Pose]:

@@ -34,12 +34,10 @@ class EngineModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Template widget of a module that runs engine commands.
 
     A subclass's ``setup()`` loads its .ui (with ``logTextEdit``, ``progressBar`` and
-    ``cancelButton``), sets ``self.logic`` and calls :meth:`observeScene`; it defines
-    ``_updateButtons()``, :meth:`statusLabel` and :meth:`progressDetails`, and sets
-    ``engineParent``.
+    ``cancelButton``), sets ``self.logic`` (an ``EngineModuleLogic``, which owns the jobs) and
+    calls :meth:`observeScene`; it defines ``_updateButtons()``, :meth:`statusLabel` and
+    :meth:`progressDetails`.
     """
-
-    engineParent = None  # the engine's folder for the engine processes' PYTHONPATH (None: pip installed)
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -47,7 +45,6 @@ class EngineModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self.job = None
 
     def observeScene(self) -> None:
         """Follow scene closing, connect Cancel and bind the parameter node (end of ``setup()``)."""
@@ -105,7 +102,7 @@ class EngineModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = 0
         self.statusLabel().text = ""
         with slicer.util.tryWithErrorDisplay(_("The engine could not start."), waitCursor=True):
-            self.job = start(self.onProgress, self.onLog, self.onFinished)
+            start(self.onProgress, self.onLog, self.onFinished)
         self._updateButtons()
 
     def onProgress(self, event) -> None:

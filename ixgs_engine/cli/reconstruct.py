@@ -132,7 +132,7 @@ def _run_demo(args) -> int:
     from ixgs_engine.phantoms import hu_to_attenuation, make_phantom
     from ixgs_engine.reconstruct.pipeline import reconstruct_scan
     from ixgs_engine.reconstruct.trainer import ReconstructionCancelled
-    from ixgs_engine.simulate import simulate_phantom_scan
+    from ixgs_engine.simulate import simulate_phantom_scan, simulation_bytes
 
     started = time.perf_counter()
     output = Path(args.output)
@@ -142,7 +142,7 @@ def _run_demo(args) -> int:
         truth = hu_to_attenuation(make_phantom("spine", (args.phantom_size,) * 3, spacing))
     else:
         check_memory(
-            args.views * args.detector_pixels**2 * 12 + args.phantom_size**3 * 24,
+            simulation_bytes(args.views, args.detector_pixels, args.detector_pixels, args.phantom_size**3),
             f"a demo of {args.views} views of {args.detector_pixels}^2 pixels and a {args.phantom_size}^3 phantom",
             "give fewer --views, --detector-pixels or --phantom-size",
         )

@@ -121,7 +121,7 @@ def _load_attenuation(args) -> tuple:
 
 def _run_simulate(args) -> int:
     from ixgs_engine.geometry.carm import Detector
-    from ixgs_engine.simulate import CarmSetup, arbitrary_poses, circular_poses, simulate_scan
+    from ixgs_engine.simulate import CarmSetup, arbitrary_poses, circular_poses, simulate_scan, simulation_bytes
 
     started = time.perf_counter()
     output = Path(args.output)
@@ -130,13 +130,12 @@ def _run_simulate(args) -> int:
     if len(args.pixel_size) not in (1, 2):
         raise IXGSError("--pixel-size takes one value (square pixels) or two (su sv)")
     width, height = args.detector_pixels
+    phantom = args.volume is None
     check_memory(
-        args.views * width * height * 16,
-        f"{args.views} views of {width}x{height} pixels",
-        "give fewer --views or --detector-pixels",
+        simulation_bytes(args.views, width, height, args.phantom_size**3 if phantom else 0),
+        f"{args.views} views of {width}x{height} pixels" + (f" of a {args.phantom_size}^3 phantom" if phantom else ""),
+        "give fewer --views or --detector-pixels" + (" or a smaller --phantom-size" if phantom else ""),
     )
-    if args.volume is None:
-        check_memory(args.phantom_size**3 * 24, f"a {args.phantom_size}^3 phantom", "give a smaller --phantom-size")
     attenuation, source = _load_attenuation(args)
     isocenter = tuple(args.isocenter) if args.isocenter else tuple(attenuation.center())
     spacing = tuple(args.pixel_size) * (2 // len(args.pixel_size))

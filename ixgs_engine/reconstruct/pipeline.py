@@ -54,19 +54,6 @@ class ReconstructionSummary:
         )
 
 
-def checkpoint_config(output_dir: Path) -> ReconstructionConfig | None:
-    """The config stored in an output folder's checkpoint, if there is one."""
-    if not run_files.has_checkpoint(output_dir):
-        return None
-    state = run_files.load_checkpoint(output_dir)
-    try:
-        return ReconstructionConfig.from_dict(state["config"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise IXGSError(
-            f"{output_dir / run_files.CHECKPOINT_FILE}: unusable settings ({error}); delete it to start over"
-        ) from None
-
-
 def check_output_folder(output_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to replace a run without ``overwrite``: a finished run (summary.json) or an
     unfinished one (a checkpoint, then ``--resume`` is suggested). The folder is created here,
@@ -90,12 +77,18 @@ def check_output_folder(output_dir: Path, resume: bool, overwrite: bool) -> None
 def resumed_config(output_dir: Path, iterations: int | None) -> ReconstructionConfig:
     """The checkpoint's settings, with ``iterations`` (more than were done) to extend the run;
     the learning rates then follow the schedule of the new total from the resumed step."""
-    stored = checkpoint_config(output_dir)
-    if stored is None:
+    if not run_files.has_checkpoint(output_dir):
         raise IXGSError(f"--resume: no checkpoint in {output_dir}; run without --resume to start")
+    state = run_files.load_checkpoint(output_dir)
+    try:
+        stored = ReconstructionConfig.from_dict(state["config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise IXGSError(
+            f"{output_dir / run_files.CHECKPOINT_FILE}: unusable settings ({error}); delete it to start over"
+        ) from None
     if iterations is None or iterations == stored.iterations:
         return stored
-    done = int(run_files.load_checkpoint(output_dir)["iteration"])
+    done = int(state["iteration"])
     if iterations < done:
         raise IXGSError(f"--iterations {iterations}: the run in {output_dir} has already done {done}; give more")
     return replace(stored, iterations=iterations)

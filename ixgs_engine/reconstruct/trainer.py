@@ -212,9 +212,9 @@ class Trainer:
         loss = terms["l1"] + config.lambda_dssim * terms.get("dssim", 0.0) + config.lambda_tv * terms.get("tv", 0.0)
         if not torch.isfinite(loss):  # stop before the NaN reaches the parameters; the last checkpoint stays
             raise IXGSError(
-                f"the training diverged at iteration {step + 1} (the loss is {loss.item()}); nothing was written "
-                "past the last checkpoint. Check that the scan's images are line integrals (ixgs info) and "
-                "their values are plausible, or lower the learning rates"
+                f"the training diverged at iteration {step + 1} (the loss is {loss.item()}); the run's last "
+                "checkpoint is kept. Check that the scan's images are line integrals (ixgs info) and their "
+                "values are plausible, or lower the learning rates"
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
