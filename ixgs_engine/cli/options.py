@@ -86,6 +86,13 @@ def add_reconstruct_options(parser: argparse.ArgumentParser, default_preset: str
     parser.add_argument("--gaussians", type=count, help="number of Gaussians to start with")
     parser.add_argument("--seed", type=int, help="random seed (same seed, same result)")
     parser.add_argument(
+        "--sart-passes",
+        type=index,
+        metavar="N",
+        help="SART passes (each followed by TV steps) over the full-resolution views after the training, "
+        "started from the Gaussians' volume (0: the Gaussians alone; default: the preset's)",
+    )
+    parser.add_argument(
         "--holdout-every",
         type=count,
         metavar="K",
@@ -118,6 +125,7 @@ def config_from(args):
             num_gaussians=args.gaussians,
             seed=args.seed,
             holdout_every=args.holdout_every,
+            final_sart_passes=args.sart_passes,
         )
     except ValueError as error:  # e.g. --iterations 0 or --holdout-every 1
         raise IXGSError(f"invalid reconstruction options: {error}") from None

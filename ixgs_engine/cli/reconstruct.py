@@ -73,6 +73,7 @@ def _warn_ignored_on_resume(args, default_preset: str) -> None:
         "--gaussians": args.gaussians,
         "--seed": args.seed,
         "--holdout-every": args.holdout_every,
+        "--sart-passes": args.sart_passes,
     }
     ignored = [f"{flag} {value}" for flag, value in given.items() if value is not None]
     if ignored:

@@ -8,7 +8,7 @@ visited in a fixed interleaved order so consecutive updates use far-apart views.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +16,11 @@ import torch
 from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.projector.joseph import JosephProjector
 from ixgs_engine.volume import Volume, VolumeGrid
+
+# Each subset's voxel weights (a back projection of ones) are kept while they fit in this many
+# bytes, and recomputed at every update otherwise (one more back projection an update), so
+# SART on a fine output grid (hundreds of MB a volume) does not hold one volume per view.
+WEIGHT_CACHE_BYTES = 1 << 30
 
 
 def interleaved_subsets(num_views: int, views_per_subset: int) -> list[list[int]]:
@@ -42,11 +47,13 @@ def sart(
     initial: np.ndarray | None = None,
     device: str | torch.device = "cpu",
     progress: ProgressCallback | None = None,
+    after_pass: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> Volume:
     """Reconstruct attenuation (same units as projections per mm) on ``grid``.
 
     ``iterations`` counts full passes over all views; ``progress(done, total)`` is called
-    after each subset update."""
+    after each subset update; ``after_pass(volume, before)`` after each pass, with the volume
+    before that pass, may change ``volume`` in place (a regularization step between passes)."""
     values = torch.as_tensor(np.asarray(projections, dtype=np.float32), device=device)
     if values.ndim != 3 or values.shape[0] != len(matrices):
         raise ValueError(f"need projections (N, H, W) for {len(matrices)} matrices, got {tuple(values.shape)}")
@@ -58,16 +65,21 @@ def sart(
     subset_projectors = [projector.subset(views) for views in subsets]
     ones = torch.ones(grid.shape, dtype=torch.float32, device=device)
     ray_lengths = [p.forward(ones) for p in subset_projectors]
+    cached = len(subsets) * ones.numel() * ones.element_size() <= WEIGHT_CACHE_BYTES
     voxel_weights = [
-        p.adjoint(torch.ones_like(lengths)) for p, lengths in zip(subset_projectors, ray_lengths, strict=True)
+        p.adjoint(torch.ones_like(lengths)) if cached else None
+        for p, lengths in zip(subset_projectors, ray_lengths, strict=True)
     ]
     total = iterations * len(subsets)
     done = 0
     for _ in range(iterations):
+        before = volume.clone() if after_pass is not None else volume
         for views, sub, lengths, weights in zip(subsets, subset_projectors, ray_lengths, voxel_weights, strict=True):
             residual = values[views] - sub.forward(volume)
             normalized = torch.where(lengths > 1e-6, residual / lengths.clamp_min(1e-6), torch.zeros_like(residual))
             update = sub.adjoint(normalized)
+            if weights is None:
+                weights = sub.adjoint(torch.ones_like(lengths))
             volume += relaxation * torch.where(
                 weights > 1e-6, update / weights.clamp_min(1e-6), torch.zeros_like(update)
             )
@@ -76,4 +88,6 @@ def sart(
             done += 1
             if progress is not None:
                 progress(done, total)
+        if after_pass is not None:
+            after_pass(volume, before)
     return Volume.on_grid(grid, volume.cpu().numpy())

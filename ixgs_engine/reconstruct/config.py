@@ -43,6 +43,14 @@ class ReconstructionConfig:
     seed: int = 0
     checkpoint_every: int = 1000
     holdout_every: int = 0  # > 1: views k-1, 2k-1, ... are kept out of training, for evaluation
+    # After training: SART passes over the full-resolution views started from the voxelized
+    # Gaussians, each followed by TV descent steps (ASD-POCS, reconstruct/refinement.py); they
+    # restore detail the views measure that a short training leaves blurred. 0: the volume is
+    # the Gaussians alone. final_tv_step: each TV step's length over the pass's change.
+    final_sart_passes: int = 0
+    final_sart_relaxation: float = 0.8
+    final_tv_steps: int = 10
+    final_tv_step: float = 0.2
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.views_per_step < 1 or self.num_gaussians < 1:
@@ -59,6 +67,14 @@ class ReconstructionConfig:
             raise ValueError(f"refine_scale must be between 1 and domain_scale, got {self.refine_scale}")
         if not 0 <= self.outside_share < 1:
             raise ValueError(f"outside_share must be in [0, 1), got {self.outside_share}")
+        if self.final_sart_passes < 0:
+            raise ValueError(f"final_sart_passes must be 0 or more, got {self.final_sart_passes}")
+        if not 0 < self.final_sart_relaxation <= 2:
+            raise ValueError(f"final_sart_relaxation must be in (0, 2], got {self.final_sart_relaxation}")
+        if self.final_tv_steps < 0 or not self.final_tv_step >= 0:
+            raise ValueError(
+                f"final_tv_steps and final_tv_step must be 0 or more, got {self.final_tv_steps}, {self.final_tv_step}"
+            )
         if self.holdout_every == 1 or self.holdout_every < 0:
             raise ValueError(f"holdout_every must be 0 (no held-out views) or at least 2, got {self.holdout_every}")
 
@@ -101,10 +117,10 @@ PRESETS: dict[str, ReconstructionConfig] = {
     # Minutes on a laptop CPU: half-resolution views, a SART start, a shorter schedule (the demo's).
     "fast": _FAST,
     # The default on a CPU (``auto``), tuned on DRRs of a real chest CT (benchmarks/bench_real_ct.py):
-    # more Gaussians (cheap: they get smaller) and the full-resolution views for the last 200 steps.
-    "cpu": replace(
-        _FAST, iterations=1000, coarse_iterations=800, num_gaussians=40_000, densify_until=700, max_gaussians=100_000
-    ),
+    # more Gaussians (cheap: they get smaller), half-resolution views throughout, then SART + TV
+    # passes over the full-resolution views from the Gaussians' volume (they beat a longer training
+    # on full-resolution views, see benchmarks/results/real_ct.md).
+    "cpu": replace(_FAST, num_gaussians=40_000, densify_until=700, max_gaussians=100_000, final_sart_passes=6),
 }
 
 

@@ -1,5 +1,7 @@
 """From trained Gaussians to files: the attenuation volume on the ROI grid (1/mm, world
-geometry), an optional thresholded label map, and the Gaussians themselves."""
+geometry; the voxelized Gaussians, refined by SART + TV passes when the config asks), an
+optional thresholded label map, and the Gaussians themselves (``gaussians.npz``: the trained
+model, before those passes)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ from ixgs_engine.geometry.normalization import SceneNormalization
 from ixgs_engine.geometry.roi import ROI, roi_grid
 from ixgs_engine.io import atomic_output
 from ixgs_engine.io.volumes import write_volume
+from ixgs_engine.progress import ProgressCallback
+from ixgs_engine.reconstruct.config import ReconstructionConfig
+from ixgs_engine.reconstruct.data import TrainingData
+from ixgs_engine.reconstruct.refinement import sart_refinement
 from ixgs_engine.render.backend import RenderBackend, normalized_grid, subgrid
 from ixgs_engine.volume import Volume, VolumeGrid
 
@@ -69,21 +75,34 @@ class WrittenOutputs:
     label: Path | None
 
 
-def write_outputs(
-    output_dir: str | Path,
+def final_volume(
     model: GaussianModel,
-    scene: SceneNormalization,
-    roi: ROI,
+    data: TrainingData,
     grid: VolumeGrid,
     backend: RenderBackend,
-    volume_format: str = "nrrd",
-    threshold: float | None = None,
-) -> tuple[Volume, WrittenOutputs]:
-    """Voxelize on ``grid`` (see ``output_grid``) and write ``volume.<fmt>``, ``gaussians.npz``
-    and, with a threshold (1/mm), ``label.<fmt>`` (1 where attenuation >= threshold). A volume
-    that is not finite everywhere, or zero everywhere, is refused rather than written."""
-    output_dir = Path(output_dir)
-    volume = voxelize_volume(model, scene, roi, grid, backend)
+    config: ReconstructionConfig,
+    progress: ProgressCallback | None = None,
+) -> Volume:
+    """What a run writes: the Gaussians voxelized on ``grid``, then ``config.final_sart_passes``
+    SART passes over ``data`` (the views at full resolution), each followed by
+    ``config.final_tv_steps`` TV steps, started from them (see ``refinement``). A voxelized
+    volume that is not finite everywhere, or zero everywhere, is refused."""
+    volume = voxelize_volume(model, data.scene, data.roi, grid, backend)
+    _check_volume(volume)
+    return sart_refinement(
+        volume,
+        model,
+        data,
+        backend,
+        config.final_sart_passes,
+        config.final_sart_relaxation,
+        progress,
+        config.final_tv_steps,
+        config.final_tv_step,
+    )
+
+
+def _check_volume(volume: Volume) -> None:
     if not np.isfinite(volume.array).all():
         raise IXGSError(
             "the reconstruction diverged (the volume holds NaN or infinite values); nothing was written. "
@@ -91,6 +110,20 @@ def write_outputs(
         )
     if not volume.array.any():
         raise IXGSError("the reconstruction is zero everywhere; nothing was written. Check the images (ixgs info)")
+
+
+def write_outputs(
+    output_dir: str | Path,
+    volume: Volume,
+    model: GaussianModel,
+    volume_format: str = "nrrd",
+    threshold: float | None = None,
+) -> WrittenOutputs:
+    """Write ``volume`` (see ``final_volume``) as ``volume.<fmt>``, the Gaussians as
+    ``gaussians.npz`` and, with a threshold (1/mm), ``label.<fmt>`` (1 where attenuation >=
+    threshold)."""
+    output_dir = Path(output_dir)
+    _check_volume(volume)
     volume_path = output_dir / f"volume.{volume_format}"
     write_volume(volume_path, volume)
     gaussians_path = output_dir / "gaussians.npz"
@@ -100,4 +133,4 @@ def write_outputs(
     if threshold is not None:
         label_path = output_dir / f"label.{volume_format}"
         write_volume(label_path, volume.with_array((volume.array >= threshold).astype(np.uint8)))
-    return volume, WrittenOutputs(volume_path, gaussians_path, label_path)
+    return WrittenOutputs(volume_path, gaussians_path, label_path)

@@ -12,14 +12,15 @@ from pathlib import Path
 
 from ixgs_engine.device import resolve_device
 from ixgs_engine.errors import IXGSError
+from ixgs_engine.interrupts import EXIT_CODES, InterruptRequest, deferred_interrupts
 from ixgs_engine.io.scan import load_projections, read_scan
 from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.reconstruct import run_files
 from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData, detector_voxel_size
 from ixgs_engine.reconstruct.estimate import describe_duration, estimated_seconds
-from ixgs_engine.reconstruct.output import output_grid, write_outputs
-from ixgs_engine.reconstruct.trainer import Trainer
+from ixgs_engine.reconstruct.output import final_volume, output_grid, write_outputs
+from ixgs_engine.reconstruct.trainer import ReconstructionCancelled, Trainer
 from ixgs_engine.render.backend import select_backend
 from ixgs_engine.volume import Volume
 
@@ -94,6 +95,38 @@ def resumed_config(output_dir: Path, iterations: int | None) -> ReconstructionCo
     return replace(stored, iterations=iterations)
 
 
+def _stop_check(
+    should_cancel: Callable[[], bool] | None, interrupt: InterruptRequest, output_dir: Path
+) -> Callable[[], None]:
+    """Raises ``ReconstructionCancelled`` once Cancel, Ctrl-C or SIGTERM asked to stop the
+    stage after the training (voxelization, SART refinement). The training's last state is in
+    the checkpoint by then, so a resumed run only redoes that stage."""
+
+    def stop() -> None:
+        cancelled = should_cancel is not None and should_cancel()
+        if cancelled or interrupt.requested:
+            how = f"interrupted ({interrupt.name})" if interrupt.requested else "cancelled"
+            raise ReconstructionCancelled(
+                f"{how} after the training, before the volume was written; resume with --resume to write it "
+                f"(the training is saved in {output_dir})",
+                EXIT_CODES.get(interrupt.signal, 130),
+            )
+
+    return stop
+
+
+def _stage(stage_progress: Callable[[str], ProgressCallback] | None, stop: Callable[[], None]) -> ProgressCallback:
+    """Progress of the SART refinement (a stage of its own) that stops it on request."""
+    shown = stage_progress("SART refinement") if stage_progress is not None else None
+
+    def update(done: int, total: int, info: dict | None = None) -> None:
+        if shown is not None:
+            shown(done, total)
+        stop()
+
+    return update
+
+
 def heldout_views(num_views: int, every: int) -> list[int]:
     """Views kept out of training with ``holdout_every = every``: k-1, 2k-1, ... (none for 0)."""
     return list(range(every - 1, num_views, every)) if every > 1 else []
@@ -143,7 +176,7 @@ def reconstruct_scan(
     torch_device = resolve_device(device)
     data = TrainingData.from_projections(projections, config.image_scale, torch_device)
     full_shape = (int(projections.values.shape[1]), int(projections.values.shape[2]))
-    estimate = estimated_seconds(config, full_shape, torch_device.type)
+    estimate = estimated_seconds(config, full_shape, torch_device.type, data.num_views, grid.shape)
     _log.info(
         "preset %s on %s: %d iterations, %d views of %dx%d pixels, about %s (estimated)",
         "from the checkpoint" if resume else preset_name,
@@ -173,9 +206,15 @@ def reconstruct_scan(
     if not resume:
         (output_dir / run_files.SUMMARY_FILE).unlink(missing_ok=True)  # a replaced run's summary no longer holds
     result = trainer.run(resume=resume)
-    volume, written = write_outputs(
-        output_dir, result.model, data.scene, projections.roi, grid, backend, volume_format, threshold
-    )
+    if config.final_sart_passes > 0 and fine is None and config.image_scale < 1:
+        fine = TrainingData.from_projections(projections, 1.0, torch_device)
+    with deferred_interrupts() as interrupt:
+        stop = _stop_check(should_cancel, interrupt, output_dir)
+        volume = final_volume(
+            result.model, fine if fine is not None else data, grid, backend, config, _stage(stage_progress, stop)
+        )
+        stop()
+    written = write_outputs(output_dir, volume, result.model, volume_format, threshold)
     summary = ReconstructionSummary(
         scan=str(Path(scan_dir).resolve()),
         views=data.num_views,

@@ -1,0 +1,220 @@
+"""The SART refinement after the training (reconstruct/refinement.py): it moves the volume
+toward what the views measure, takes the Gaussians around the ROI off the views instead of
+piling them into the ROI, runs from the command line, and stops and resumes like the training."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+from tiny_settings import TINY
+
+from ixgs_engine.cli import main
+from ixgs_engine.evaluate.metrics import psnr_3d
+from ixgs_engine.gaussians.model import GaussianModel
+from ixgs_engine.io.scan import load_projections, read_scan
+from ixgs_engine.io.volumes import read_volume
+from ixgs_engine.projector.joseph import JosephProjector
+from ixgs_engine.reconstruct import pipeline
+from ixgs_engine.reconstruct.config import ReconstructionConfig
+from ixgs_engine.reconstruct.data import TrainingData
+from ixgs_engine.reconstruct.refinement import (
+    TV_SMOOTHING,
+    sart_refinement,
+    surroundings_projections,
+    tv_gradient,
+    tv_steps,
+)
+from ixgs_engine.reconstruct.run_files import read_summary
+from ixgs_engine.reconstruct.trainer import ReconstructionCancelled
+from ixgs_engine.render.backend import get_backend
+from ixgs_engine.simulate import simulate_phantom_scan
+from ixgs_engine.volume import Volume
+
+PASSES = replace(TINY, final_sart_passes=1)
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory) -> tuple[Path, Volume]:
+    """An 8-view scan of a 24^3 spine phantom (ROI = the phantom's box) and its truth."""
+    folder = tmp_path_factory.mktemp("refinement") / "scan"
+    truth = simulate_phantom_scan(folder, "spine", 24, 8.0, 8, 40, 8.0)
+    return folder, truth
+
+
+@pytest.fixture(scope="module")
+def data(scan) -> TrainingData:
+    return TrainingData.from_projections(load_projections(read_scan(scan[0])), 1.0, torch.device("cpu"))
+
+
+def _gaussians(data: TrainingData, positions: np.ndarray, scale: float, density: float) -> GaussianModel:
+    count = len(positions)
+    return GaussianModel.from_values(
+        positions,
+        np.full((count, 3), scale),
+        np.tile([1.0, 0.0, 0.0, 0.0], (count, 1)),
+        np.full(count, density),
+        normalization=data.scene,
+    )
+
+
+def _same_grid(first: Volume, second: Volume) -> bool:
+    return first.shape == second.shape and np.allclose(first.index_to_world_matrix(), second.index_to_world_matrix())
+
+
+def _residual(volume: Volume, views: np.ndarray, data: TrainingData) -> float:
+    forward = JosephProjector(volume.grid, data.world_matrices, data.image_shape).forward(
+        torch.as_tensor(volume.array, dtype=torch.float32)
+    )
+    return float(np.linalg.norm(forward.numpy() - views))
+
+
+def test_sart_passes_bring_a_blurred_volume_closer_to_the_truth_and_the_views(scan, data):
+    _, truth = scan
+    start = truth.with_array(gaussian_filter(truth.array, 1.5).astype(np.float32))
+    inside_only = _gaussians(data, np.zeros((1, 3)), 0.05, 1.0)  # nothing around the ROI
+    views = data.targets.numpy()
+    refined = sart_refinement(start, inside_only, data, get_backend("torch"), 3, 0.8)
+    assert _same_grid(refined, start)
+    assert psnr_3d(refined.array, truth) > psnr_3d(start.array, truth) + 1.0
+    assert _residual(refined, views, data) < 0.5 * _residual(start, views, data)
+    assert sart_refinement(start, inside_only, data, get_backend("torch"), 0, 0.8) is start
+
+
+def test_gaussians_inside_the_roi_are_not_taken_off_the_views(data):
+    inside = _gaussians(data, np.array([[0.2, -0.3, 0.1], [-0.5, 0.5, 0.0]]), 0.1, 2.0)
+    assert not surroundings_projections(inside, data, get_backend("torch")).any()
+
+
+def test_the_patient_around_the_roi_is_taken_off_the_views_not_piled_into_the_roi(scan, data):
+    """In situ: the views also see attenuation around the ROI, which the model's Gaussians
+    there carry. With it taken off, SART from the true ROI stays there; SART on the raw views
+    (what the refinement would do without it) piles it into the ROI."""
+    _, truth = scan
+    backend = get_backend("torch")
+    rng = np.random.default_rng(0)
+    around = rng.uniform(-2.0, 2.0, size=(400, 3))
+    around = around[np.abs(around).max(axis=1) > 1.3][:120]  # a shell of tissue around the ROI
+    surroundings = _gaussians(data, around, 0.25, 0.5)
+    seen = surroundings_projections(surroundings, data, backend)
+    assert seen.mean() > 0.2 * data.targets.numpy().mean()  # the surroundings weigh in the views
+    insitu = replace(data, targets=data.targets + torch.as_tensor(seen))
+    refined = sart_refinement(truth, surroundings, insitu, backend, 2, 0.8)
+    piled = sart_refinement(truth, _gaussians(data, np.zeros((1, 3)), 0.05, 1e-6), insitu, backend, 2, 0.8)
+    assert abs(refined.array.mean() / truth.array.mean() - 1.0) < 0.02
+    assert piled.array.mean() > 1.2 * truth.array.mean()
+    assert psnr_3d(refined.array, truth) > psnr_3d(piled.array, truth) + 6.0
+
+
+def test_sart_passes_from_the_command_line_improve_a_short_run(scan, tmp_path, capsys):
+    folder, truth = scan
+    common = ["--preset", "fast", "--iterations", "24", "--gaussians", "500", "--device", "cpu", "--voxel-size", "8"]
+    assert main(["reconstruct", str(folder), "-o", str(tmp_path / "plain"), *common, "--sart-passes", "0"]) == 0
+    assert main(["reconstruct", str(folder), "-o", str(tmp_path / "passes"), *common, "--sart-passes", "2"]) == 0
+    assert read_summary(tmp_path / "passes")["config"]["final_sart_passes"] == 2
+    plain = read_volume(tmp_path / "plain" / "volume.nrrd")
+    passes = read_volume(tmp_path / "passes" / "volume.nrrd")
+    assert _same_grid(passes, truth)
+    assert psnr_3d(passes.array, truth) > psnr_3d(plain.array, truth) + 1.0
+    with pytest.raises(SystemExit) as refused:
+        main(["reconstruct", str(folder), "-o", str(tmp_path / "bad"), *common, "--sart-passes", "-1"])
+    assert refused.value.code == 2
+    assert "argument --sart-passes: must be at least 0" in capsys.readouterr().err
+
+
+def test_a_cancel_during_the_sart_passes_keeps_the_training_and_resume_writes_the_same_volume(scan, tmp_path):
+    folder = scan[0]
+    whole, _ = pipeline.reconstruct_scan(folder, tmp_path / "whole", PASSES, "cpu", voxel_size=8.0)
+    armed = {"cancel": False}
+
+    def stage(name: str):
+        armed["cancel"] = armed["cancel"] or name == "SART refinement"
+        return lambda done, total, info=None: None
+
+    stopped = tmp_path / "stopped"
+    with pytest.raises(ReconstructionCancelled, match="after the training, before the volume was written"):
+        pipeline.reconstruct_scan(
+            folder,
+            stopped,
+            PASSES,
+            "cpu",
+            voxel_size=8.0,
+            should_cancel=lambda: armed["cancel"],
+            stage_progress=stage,
+        )
+    assert not (stopped / "volume.nrrd").exists()
+    summary, volume = pipeline.reconstruct_scan(folder, stopped, PASSES, "cpu", resume=True, voxel_size=8.0)
+    assert summary.iterations == PASSES.iterations
+    assert np.array_equal(volume.array, read_volume(whole.volume_path).array)
+
+
+def test_the_sart_pass_settings_are_checked():
+    with pytest.raises(ValueError, match="final_sart_passes"):
+        ReconstructionConfig(final_sart_passes=-1)
+    with pytest.raises(ValueError, match="final_sart_relaxation"):
+        ReconstructionConfig(final_sart_relaxation=0.0)
+    with pytest.raises(ValueError, match="final_tv_steps"):
+        ReconstructionConfig(final_tv_steps=-1)
+
+
+def test_the_run_time_estimate_counts_the_sart_passes_per_view():
+    from ixgs_engine.reconstruct.estimate import estimated_seconds
+
+    def added(passes: int, views: int) -> float:
+        config = ReconstructionConfig(final_sart_passes=passes)
+        return estimated_seconds(config, (192, 192), "cpu", views, (128, 128, 128)) - estimated_seconds(
+            replace(config, final_sart_passes=0), (192, 192), "cpu", views, (128, 128, 128)
+        )
+
+    assert added(0, 25) == 0.0
+    assert 5.0 < added(1, 25) < 60.0  # one pass of 25 views of 192² over 128³ voxels on 2 cores
+    assert added(4, 50) == pytest.approx(8.0 * added(1, 25))
+
+
+def _total_variation(volume: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Isotropic TV with forward differences written as plainly as possible (the reference)."""
+    padded = torch.cat([volume, volume[-1:]], dim=0)
+    padded = torch.cat([padded, padded[:, -1:]], dim=1)
+    padded = torch.cat([padded, padded[:, :, -1:]], dim=2)
+    dz = padded[1:, :-1, :-1] - padded[:-1, :-1, :-1]
+    dy = padded[:-1, 1:, :-1] - padded[:-1, :-1, :-1]
+    dx = padded[:-1, :-1, 1:] - padded[:-1, :-1, :-1]
+    return torch.sqrt(dz**2 + dy**2 + dx**2 + smoothing).sum()
+
+
+def test_the_tv_gradient_is_the_derivative_of_the_total_variation():
+    volume = torch.rand((5, 6, 7), dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    smoothing = (TV_SMOOTHING * float(volume.max())) ** 2
+    leaf = volume.clone().requires_grad_(True)
+    _total_variation(leaf, smoothing).backward()
+    torch.testing.assert_close(tv_gradient(volume), leaf.grad, rtol=1e-9, atol=1e-12)
+    # and against a central finite difference at one voxel
+    step = 1e-6
+    plus, minus = volume.clone(), volume.clone()
+    plus[2, 3, 4] += step
+    minus[2, 3, 4] -= step
+    numeric = (_total_variation(plus, smoothing) - _total_variation(minus, smoothing)) / (2 * step)
+    assert float(tv_gradient(volume)[2, 3, 4]) == pytest.approx(float(numeric), rel=1e-5)
+
+
+def test_tv_steps_lower_the_total_variation_by_the_size_of_the_pass_and_keep_it_non_negative():
+    generator = torch.Generator().manual_seed(5)
+    before = torch.zeros((12, 12, 12))
+    before[3:9, 3:9, 3:9] = 1.0
+    noisy = (before + 0.2 * torch.randn(before.shape, generator=generator)).clamp(min=0.0)
+    volume = noisy.clone()
+    tv_steps(5, 0.2)(volume, before)
+    smoothing = (TV_SMOOTHING * float(noisy.max())) ** 2
+    assert float(_total_variation(volume, smoothing)) < 0.8 * float(_total_variation(noisy, smoothing))
+    assert float(volume.min()) >= 0.0
+    # each step moves the volume by at most step_size x the pass's change
+    assert float(torch.linalg.vector_norm(volume - noisy)) <= 5 * 0.2 * float(
+        torch.linalg.vector_norm(noisy - before)
+    ) * (1 + 1e-5)
+    unchanged = noisy.clone()
+    tv_steps(5, 0.2)(unchanged, noisy.clone())  # a pass that changed nothing: no TV step
+    assert torch.equal(unchanged, noisy)

@@ -1,0 +1,124 @@
+"""The last stage of a reconstruction: SART passes, each followed by a few total-variation
+descent steps (ASD-POCS, Sidky & Pan 2008), started from the voxelized Gaussians.
+
+The Gaussians regularize: where the views leave the volume free, they stay smooth and
+plausible instead of carrying SART's streaks. On a CPU budget they also blur detail the views
+do determine (measured on DRRs of a real chest CT: vertebral endplates, trabeculae). SART
+started from their volume restores that part: each pass adds a back projection of the
+residual, so it corrects what the projections measure and keeps what they do not see from the
+Gaussians. SART alone also brings back some of its streaks and noise; the TV steps after each
+pass, sized by how much that pass changed the volume, take them out again
+(``benchmarks/results/real_ct.md`` has the numbers).
+
+Rays through the ROI also cross what lies around it (the rest of the patient, a specimen's
+tissue beyond its box). The model's domain already carries that attenuation in the Gaussians
+around the ROI, so their rendered share is taken off the projections first and SART runs on
+the ROI's grid alone, with no grown grid to solve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ixgs_engine.gaussians.model import GaussianModel
+from ixgs_engine.progress import ProgressCallback
+from ixgs_engine.projector.sart import sart
+from ixgs_engine.reconstruct.data import TrainingData
+from ixgs_engine.render.backend import RenderBackend
+from ixgs_engine.volume import Volume
+
+VIEWS_PER_RENDER = 4  # bounds the render's memory at full resolution
+# The TV's smoothing of |grad x| near 0, relative to the volume's largest value: small enough to
+# keep edges, large enough that flat regions get no division by zero.
+TV_SMOOTHING = 1e-3
+
+
+def tv_gradient(volume: torch.Tensor) -> torch.Tensor:
+    """Gradient of the isotropic total variation ``sum_v |D x|_v`` (forward differences, none
+    across the far faces) of a volume (nz, ny, nx), computed directly (no autograd)."""
+    smoothing = (TV_SMOOTHING * float(volume.abs().max())) ** 2 + 1e-30
+    differences = [torch.diff(volume, dim=axis, append=volume.narrow(axis, -1, 1)) for axis in range(3)]
+    norm = torch.sqrt(sum(d * d for d in differences) + smoothing)
+    gradient = torch.zeros_like(volume)
+    for axis, difference in enumerate(differences):
+        unit = difference / norm
+        gradient -= unit
+        length = volume.shape[axis] - 1
+        gradient.narrow(axis, 1, length).add_(unit.narrow(axis, 0, length))
+    return gradient
+
+
+def tv_steps(steps: int, step_size: float) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """ASD-POCS's regularization between SART passes: ``steps`` steepest-descent steps on the
+    TV, each of length ``step_size`` times the norm of the pass's change, kept non-negative."""
+
+    def regularize(volume: torch.Tensor, before: torch.Tensor) -> None:
+        change = float(torch.linalg.vector_norm(volume - before))
+        for _ in range(steps):
+            gradient = tv_gradient(volume)
+            norm = float(torch.linalg.vector_norm(gradient))
+            if norm == 0.0:
+                return
+            volume.sub_(gradient, alpha=step_size * change / norm).clamp_(min=0.0)
+
+    return regularize
+
+
+def surroundings_projections(model: GaussianModel, data: TrainingData, backend: RenderBackend) -> np.ndarray:
+    """Line integrals (V, H, W) of the Gaussians centred outside the ROI, along each pixel's ray
+    outside the ROI only (the render's cut at the ROI's faces): what the ROI's voxels must not
+    explain."""
+    half = data.scene.half_sizes(data.roi)
+    support = tuple(float(h) for h in half)
+    out = np.zeros((data.num_views, *data.image_shape), dtype=np.float32)
+    with torch.no_grad():
+        outside = ~(model.positions.abs() <= model.positions.new_tensor(half)).all(dim=1)
+        if not bool(outside.any()):
+            return out
+        means, covariances, densities = (
+            model.positions[outside],
+            model.covariances()[outside],
+            model.densities[outside],
+        )
+        for first in range(0, data.num_views, VIEWS_PER_RENDER):
+            views = slice(first, min(first + VIEWS_PER_RENDER, data.num_views))
+            rendered = backend.render(
+                means, covariances, densities, data.matrices[views], data.image_shape, None, support
+            )
+            out[views] = rendered.cpu().numpy()
+    return out
+
+
+def sart_refinement(
+    volume: Volume,
+    model: GaussianModel,
+    data: TrainingData,
+    backend: RenderBackend,
+    iterations: int,
+    relaxation: float,
+    progress: ProgressCallback | None = None,
+    tv_steps_per_pass: int = 0,
+    tv_step_size: float = 0.2,
+) -> Volume:
+    """``iterations`` SART passes over ``data``'s views (full resolution, world units) on
+    ``volume``'s grid, started from ``volume`` (the voxelized Gaussians, 1/mm), against the
+    projections less the Gaussians around the ROI, each followed by ``tv_steps_per_pass`` TV
+    descent steps (:func:`tv_steps`). Non-negative; ``progress(done, total)`` after each view's
+    update."""
+    if iterations < 1:
+        return volume
+    inside = data.targets.cpu().numpy() - surroundings_projections(model, data, backend)
+    return sart(
+        inside,
+        data.world_matrices,
+        volume.grid,
+        iterations,
+        relaxation=relaxation,
+        initial=volume.array,
+        device=data.targets.device,
+        progress=progress,
+        after_pass=tv_steps(tv_steps_per_pass, tv_step_size) if tv_steps_per_pass > 0 else None,
+    )
