@@ -8,7 +8,10 @@ started from their volume restores that part: each pass adds a back projection o
 residual, so it corrects what the projections measure and keeps what they do not see from the
 Gaussians. SART alone also brings back some of its streaks and noise; the TV steps after each
 pass, sized by how much that pass changed the volume, take them out again
-(``benchmarks/results/real_ct.md`` has the numbers).
+(``benchmarks/results/real_ct.md`` has the numbers). Measured there too, and worth knowing:
+the same passes started from zero (the benchmark's ``asdpocs`` control) reach the CPU
+preset's quality in a fifth of its time, so on a CPU budget the Gaussians mostly serve as a
+start for these passes.
 
 Rays through the ROI also cross what lies around it (the rest of the patient, a specimen's
 tissue beyond its box). The model's domain already carries that attenuation in the Gaussians
