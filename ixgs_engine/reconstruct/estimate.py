@@ -37,8 +37,8 @@ def estimated_seconds(
     config: ReconstructionConfig,
     image_shape: tuple[int, int],
     device_type: str,
-    views: int = 0,
-    output_shape: tuple[int, int, int] = (0, 0, 0),
+    views: int,
+    output_shape: tuple[int, int, int],
 ) -> float:
     """Rough wall time (s) of a whole run of ``config`` on ``views`` views of ``image_shape``
     (full resolution) on a device of ``device_type`` (``cpu``, ``cuda``; others as ``cpu``),
