@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from ixgs_engine.gaussians import GaussianModel
-from ixgs_engine.gaussians.model import SPLIT_SCALE_DIVISOR
+from ixgs_engine.gaussians.densification import (
+    SPLIT_SCALE_DIVISOR,
+    DensificationStrategy,
+    GradientStatistics,
+    clone,
+    prune,
+    split,
+)
 from ixgs_engine.geometry.carm import Detector, carm_projection_matrix
 from ixgs_engine.geometry.normalization import SceneNormalization
 from ixgs_engine.geometry.roi import ROI
@@ -376,6 +383,13 @@ def trained_model() -> tuple[GaussianModel, torch.optim.Adam]:
     return model, optimizer
 
 
+def strategy(**settings) -> DensificationStrategy:
+    """A strategy due at every step with the trainer's thresholds (``ReconstructionConfig``'s
+    defaults), overridden by ``settings``."""
+    defaults = {"start": 1, "stop": 10, "interval": 1, "grad_threshold": 5e-5, "max_gaussians": 500_000}
+    return DensificationStrategy(**(defaults | {"min_density": 1e-5} | settings))
+
+
 def render_model(model: GaussianModel, matrices: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return get_backend("torch").render(
@@ -400,7 +414,7 @@ def test_clone_keeps_the_images_and_extends_optimizer_state() -> None:
     old_state = {name: optimizer.state[p]["exp_avg"].clone() for name, p in model.parameters().items()}
     mask = torch.zeros(400, dtype=torch.bool)
     mask[::3] = True
-    model.clone(mask, optimizer)
+    clone(model, mask, optimizer)
     assert model.num_gaussians == 400 + int(mask.sum())
     torch.testing.assert_close(render_model(model, matrices), before, rtol=1e-4, atol=1e-6)
     assert_optimizer_matches(model, optimizer)
@@ -417,7 +431,7 @@ def test_split_shares_density_as_chosen(factor: float) -> None:
     matrices = normalized_views([(0.0, 0.0), (60.0, 15.0)])
     model = GaussianModel.from_values([[0.1, 0.0, -0.1]], [[0.25, 0.12, 0.08]], [[0.9, 0.3, 0.2, 0.1]], [1.0])
     before = render_model(model, matrices).sum()
-    model.split(torch.tensor([True]), generator=torch.Generator().manual_seed(0), density_factor=factor)
+    split(model, torch.tensor([True]), generator=torch.Generator().manual_seed(0), density_factor=factor)
     assert model.num_gaussians == 2
     torch.testing.assert_close(model.scales, (torch.tensor([[0.25, 0.12, 0.08]]) / SPLIT_SCALE_DIVISOR).expand(2, 3))
     ratio = float(render_model(model, matrices).sum() / before)
@@ -432,14 +446,13 @@ def test_densify_and_prune_follows_the_gradient_statistics() -> None:
     grad = torch.zeros(2, 400, 2)
     grad[0, :20] = 1e-3 / IMAGE  # hot in view 0 only: mean over 1 seen view >= threshold
     grad[1, 20:40] = 1e-7  # seen, but cold
-    model.add_densification_stats(grad, (IMAGE, IMAGE))
-    counts = model.densify_and_prune(
-        optimizer, grad_threshold=5e-5, scale_threshold=0.2, generator=torch.Generator().manual_seed(1)
-    )
+    statistics = GradientStatistics.zeros(model)
+    statistics.add(grad, (IMAGE, IMAGE))
+    counts = strategy(scale_threshold=0.2).refine(model, statistics, optimizer, torch.Generator().manual_seed(1))
     assert counts == {"cloned": 10, "split": 10, "pruned": 10}
     assert model.num_gaussians == 400 + 10 + 10 - 10
     assert_optimizer_matches(model, optimizer)
-    assert not model.mean_screen_gradients().any()
+    assert not statistics.mean().any()
     # The optimizer still works on the new tensors.
     image = get_backend("torch").render(
         model.positions, model.covariances(), model.densities, normalized_views([(0.0, 0.0)]), (IMAGE, IMAGE)
@@ -452,8 +465,9 @@ def test_densify_never_grows_past_the_maximum() -> None:
     model, optimizer = trained_model()
     grad = torch.zeros(1, 400, 2)
     grad[0, :30, 0] = torch.linspace(1e-4, 3e-3, 30) / IMAGE  # 30 hot, rising gradient
-    model.add_densification_stats(grad, (IMAGE, IMAGE))
-    counts = model.densify_and_prune(optimizer, grad_threshold=5e-5, max_gaussians=412)
+    statistics = GradientStatistics.zeros(model)
+    statistics.add(grad, (IMAGE, IMAGE))
+    counts = strategy(max_gaussians=412).refine(model, statistics, optimizer)
     assert counts["cloned"] + counts["split"] == 12
     assert model.num_gaussians == 412 - counts["pruned"]
     assert_optimizer_matches(model, optimizer)
@@ -465,10 +479,35 @@ def test_prune_keeps_rows_and_state_of_the_survivors() -> None:
     state = optimizer.state[model.parameters()["positions"]]["exp_avg_sq"].clone()
     mask = torch.zeros(400, dtype=torch.bool)
     mask[5:50] = True
-    model.prune(mask, optimizer)
+    prune(model, mask, optimizer)
     torch.testing.assert_close(model.positions.detach(), positions[~mask])
     torch.testing.assert_close(optimizer.state[model.parameters()["positions"]]["exp_avg_sq"], state[~mask])
     assert_optimizer_matches(model, optimizer)
+
+
+def test_statistics_follow_their_gaussians_through_clone_and_prune() -> None:
+    """Each Gaussian's accumulated gradient stays with it when rows are appended or removed
+    (copies start at zero), and a checkpoint's statistics must fit the model."""
+    model, optimizer = trained_model()
+    statistics = GradientStatistics.zeros(model)
+    grad = torch.zeros(1, 400, 2)
+    grad[0, :, 0] = torch.arange(400, dtype=torch.float32) / IMAGE
+    statistics.add(grad, (IMAGE, IMAGE))
+    seen = statistics.mean().clone()
+    mask = torch.zeros(400, dtype=torch.bool)
+    mask[:4] = True
+    statistics.follow(clone(model, mask, optimizer), model.num_gaussians)
+    torch.testing.assert_close(statistics.mean()[:400], seen)
+    assert not statistics.mean()[400:].any()
+    statistics.follow(prune(model, torch.arange(404) % 2 == 0, optimizer), model.num_gaussians)
+    torch.testing.assert_close(statistics.mean()[:200], seen[1::2])
+    with pytest.raises(ValueError, match="202 entries"):
+        GradientStatistics.restored(*GradientStatistics.zeros(trained_model()[0]).tensors(), model)
+
+
+def test_strategy_refines_on_its_schedule() -> None:
+    schedule = strategy(start=200, stop=550, interval=100)
+    assert [step for step in range(1, 1000) if schedule.is_due(step)] == [200, 300, 400, 500]
 
 
 def test_backend_registry() -> None:
@@ -585,14 +624,10 @@ def test_densify_and_prune_keep_the_domain_and_refine_only_near_the_roi() -> Non
         model.parameters()["positions"][390:, 0] = 2.6  # beyond the domain
     grad = torch.zeros(1, 400, 2)
     grad[0, :20] = 1e-3 / IMAGE  # 20 hot
-    model.add_densification_stats(grad, (IMAGE, IMAGE))
-    counts = model.densify_and_prune(
-        optimizer,
-        grad_threshold=5e-5,
-        scale_threshold=0.2,
-        domain=(2.5, 2.5, 2.5),
-        refined=(1.5, 1.5, 1.5),
-        generator=torch.Generator().manual_seed(1),
+    statistics = GradientStatistics.zeros(model)
+    statistics.add(grad, (IMAGE, IMAGE))
+    counts = strategy(scale_threshold=0.2, domain=(2.5, 2.5, 2.5), refined=(1.5, 1.5, 1.5)).refine(
+        model, statistics, optimizer, torch.Generator().manual_seed(1)
     )
     assert counts["cloned"] + counts["split"] == 10 and counts["pruned"] == 10
     assert (model.positions[:, 0] == 1.8).sum() == 10  # kept, not refined

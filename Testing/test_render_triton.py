@@ -30,7 +30,7 @@ from ixgs_engine.reconstruct.data import TrainingData
 from ixgs_engine.reconstruct.trainer import Trainer
 from ixgs_engine.render import backend as backend_module
 from ixgs_engine.render import get_backend, subgrid
-from ixgs_engine.render.torch_backend import TorchBackend
+from ixgs_engine.render.renderer import TorchBackend
 from ixgs_engine.simulate import simulate_phantom_scan
 from ixgs_engine.volume import VolumeGrid
 
@@ -47,7 +47,7 @@ if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
 from ixgs_engine.render import triton_kernels  # noqa: E402  (after the kernels' import mode is set)
-from ixgs_engine.render.triton_backend import TritonBackend  # noqa: E402
+from ixgs_engine.render.triton_backend import TritonAccumulator, TritonBackend  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 NORMALIZATION = SceneNormalization.from_roi(ROI(center=[0.0, 0.0, 0.0], size=[200.0, 200.0, 200.0]))
@@ -197,8 +197,8 @@ def test_compiled_kernels_on_cpu_tensors_are_a_clear_user_error(monkeypatch) -> 
 
 def test_self_test_passes_and_catches_wrong_kernels(monkeypatch) -> None:
     TritonBackend().self_test(DEVICE)
-    accumulate = TritonBackend._accumulate
-    monkeypatch.setattr(TritonBackend, "_accumulate", lambda self, *args: 1.02 * accumulate(self, *args))
+    accumulate = TritonAccumulator.accumulate
+    monkeypatch.setattr(TritonAccumulator, "accumulate", lambda self, *args: 1.02 * accumulate(self, *args))
     with pytest.raises(RuntimeError, match="Triton render values differ from the torch reference by 0.02"):
         TritonBackend().self_test(DEVICE)
 

@@ -1,5 +1,5 @@
 """Radiative Gaussians in the normalized scene [-1, 1]^3: parameters and activations,
-initialization, densify / prune (with the optimizer's state kept in step), and the file format.
+initialization, and the file format.
 
 Activations (R^2-Gaussian's):
 - positions: raw (N, 3).
@@ -36,8 +36,6 @@ FORMAT = "ixgs-gaussians/1"
 BOX_SIZE = 2.0
 SCALE_BOUNDS = (0.0005 * BOX_SIZE, 0.5 * BOX_SIZE)
 KNN_NEIGHBOURS = 3
-SPLIT_SCALE_DIVISOR = 1.6  # R^2-Gaussian: scale / (0.8 N) with N = 2 children
-SPLIT_DENSITY_FACTOR = 0.5  # R^2-Gaussian: each child gets rho / N
 PARAMETER_NAMES = ("positions", "scales", "rotations", "densities")
 _LOGIT_MARGIN = 1e-6
 
@@ -72,34 +70,9 @@ def knn_scales(positions: np.ndarray, neighbours: int = KNN_NEIGHBOURS) -> np.nd
     return np.sqrt(np.mean(distances[:, 1:] ** 2, axis=1))
 
 
-def _reindex(values: torch.Tensor, kept: torch.Tensor, count: int) -> torch.Tensor:
-    """Rows ``kept`` of ``values`` followed by zero rows up to ``count`` rows."""
-    extra = values.new_zeros((count - kept.numel(), *values.shape[1:]))
-    return torch.cat([values[kept], extra])
-
-
-def _swap_in_optimizer(
-    optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn.Parameter, kept: torch.Tensor
-) -> None:
-    """Put ``new`` where ``old`` was in the optimizer, carrying per-Gaussian state rows
-    (Adam's exp_avg / exp_avg_sq) over for ``kept`` and starting added rows at zero."""
-    for group in optimizer.param_groups:
-        for position, param in enumerate(group["params"]):
-            if param is not old:
-                continue
-            group["params"][position] = new
-            state = optimizer.state.pop(old, None)
-            if state is not None:
-                optimizer.state[new] = {
-                    key: _reindex(value, kept, new.shape[0])
-                    if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == old.shape[0]
-                    else value
-                    for key, value in state.items()
-                }
-
-
 class GaussianModel:
-    """Leaf tensors (``nn.Parameter``) of N Gaussians plus the densification statistics."""
+    """Leaf tensors (``nn.Parameter``) of N Gaussians, their activations and file format
+    (densification, which changes their number, is ``densification.py``)."""
 
     def __init__(
         self,
@@ -114,8 +87,6 @@ class GaussianModel:
         self._params = {name: nn.Parameter(value.detach().clone()) for name, value in raw.items()}
         self.scale_bounds = (float(scale_bounds[0]), float(scale_bounds[1]))
         self.normalization = normalization
-        self._grad_sum = positions.new_zeros(positions.shape[0])
-        self._grad_count = positions.new_zeros(positions.shape[0])
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -266,6 +237,15 @@ class GaussianModel:
             for name in PARAMETER_NAMES
         ]
 
+    def replace_parameters(self, values: Mapping[str, torch.Tensor]) -> dict[str, nn.Parameter]:
+        """Install new raw values (any number of Gaussians) as new leaf tensors and return the
+        previous ones, so the caller can move an optimizer's state from old to new."""
+        if set(values) != set(PARAMETER_NAMES):
+            raise ValueError(f"replace_parameters needs exactly {PARAMETER_NAMES}, got {sorted(values)}")
+        previous = dict(self._params)
+        self._params = {name: nn.Parameter(values[name].detach().clone()) for name in PARAMETER_NAMES}
+        return previous
+
     @property
     def positions(self) -> torch.Tensor:
         return self._params["positions"]
@@ -339,143 +319,3 @@ class GaussianModel:
                 device=device,
                 dtype=dtype,
             )
-
-    # ----------------------------------------------------------------- densify / prune
-    def add_densification_stats(self, screen_grad: torch.Tensor, image_shape: tuple[int, int]) -> None:
-        """Accumulate the view-space positional gradient norms of one step.
-
-        ``screen_grad`` (V, N, 2) is the gradient of the loss w.r.t. the render's
-        ``screen_offsets`` (pixels). It is converted to normalized device coordinates
-        (x W/2, x H/2), the unit 3DGS / R^2-Gaussian threshold, and counted for the views in
-        which the Gaussian took part (non-zero gradient).
-        """
-        height, width = image_shape
-        to_ndc = screen_grad.new_tensor([width / 2.0, height / 2.0])
-        norms = torch.linalg.vector_norm(screen_grad.detach() * to_ndc, dim=2)
-        self._grad_sum += norms.sum(dim=0).to(self._grad_sum)
-        self._grad_count += (norms > 0).sum(dim=0).to(self._grad_count)
-
-    def densification_state(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The accumulated (gradient norm sums, view counts), for checkpoints."""
-        return self._grad_sum.clone(), self._grad_count.clone()
-
-    def load_densification_state(self, grad_sum: torch.Tensor, grad_count: torch.Tensor) -> None:
-        """Restore what :meth:`densification_state` returned."""
-        if grad_sum.shape != (self.num_gaussians,) or grad_count.shape != (self.num_gaussians,):
-            raise ValueError(f"densification state must have {self.num_gaussians} entries")
-        self._grad_sum = grad_sum.clone()
-        self._grad_count = grad_count.clone()
-
-    def mean_screen_gradients(self) -> torch.Tensor:
-        """Mean accumulated view-space gradient norm per Gaussian (0 where never seen)."""
-        return self._grad_sum / self._grad_count.clamp_min(1.0)
-
-    def densify_and_prune(
-        self,
-        optimizer: torch.optim.Optimizer | None,
-        grad_threshold: float = 5e-5,
-        scale_threshold: float = 0.1 * BOX_SIZE,
-        min_density: float = 1e-5,
-        max_gaussians: int = 500_000,
-        split_density_factor: float = SPLIT_DENSITY_FACTOR,
-        generator: torch.Generator | None = None,
-        domain: Sequence[float] = (BOX_SIZE / 2,) * 3,
-        refined: Sequence[float] | None = None,
-    ) -> dict[str, int]:
-        """R^2-Gaussian's adaptive control: Gaussians whose mean view-space gradient reaches
-        ``grad_threshold`` are cloned when their largest scale is at most ``scale_threshold``
-        and split otherwise (see :meth:`split` for ``split_density_factor``; never past
-        ``max_gaussians``, the largest gradients first); then Gaussians with density below
-        ``min_density`` or centre outside the ``domain`` box (half-sizes along x, y, z; default
-        [-1, 1]^3) are pruned. With ``refined`` (half-sizes of a smaller centred box), only
-        Gaussians inside it are cloned or split: the rest of the domain stays coarse. The
-        statistics restart. Returns the counts."""
-        with torch.no_grad():
-            gradients = self.mean_screen_gradients()
-            candidates = gradients >= grad_threshold
-            if refined is not None:
-                candidates &= (self.positions.abs() <= self.positions.new_tensor(list(refined))).all(dim=1)
-            hot = self._within_budget(candidates, gradients, max_gaussians - self.num_gaussians)
-            large = self.scales.amax(dim=1) > scale_threshold
-            clone_mask = hot & ~large
-            split_mask = hot & large
-            self.clone(clone_mask, optimizer)
-            split_mask = torch.cat([split_mask, split_mask.new_zeros(int(clone_mask.sum()))])
-            self.split(split_mask, optimizer, generator, split_density_factor)
-            outside = (self.positions.abs() > self.positions.new_tensor(list(domain))).any(dim=1)
-            prune_mask = (self.densities < min_density) | outside
-            self.prune(prune_mask, optimizer)
-            self._grad_sum.zero_()
-            self._grad_count.zero_()
-        return {"cloned": int(clone_mask.sum()), "split": int(split_mask.sum()), "pruned": int(prune_mask.sum())}
-
-    @staticmethod
-    def _within_budget(candidates: torch.Tensor, gradients: torch.Tensor, budget: int) -> torch.Tensor:
-        """The candidates with the largest gradients, at most ``budget`` of them (each clone
-        or split adds one Gaussian), so the model never grows past its maximum."""
-        if int(candidates.sum()) <= max(budget, 0):
-            return candidates
-        kept = torch.zeros_like(candidates)
-        if budget > 0:
-            ranked = torch.where(candidates, gradients, torch.full_like(gradients, -1.0))
-            kept[torch.topk(ranked, budget).indices] = True
-        return kept
-
-    def clone(self, mask: torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Duplicate the masked Gaussians; original and copy each keep half the density
-        (R^2-Gaussian), so the rendered images are unchanged."""
-        with torch.no_grad():
-            raw_densities = self._params["densities"].detach().clone()
-            raw_densities[mask] = inverse_softplus(self.densities[mask] / 2.0)
-            new = {name: torch.cat([value, value[mask]]) for name, value in self._params.items()}
-            new["densities"] = torch.cat([raw_densities, raw_densities[mask]])
-            self._replace(new, torch.arange(self.num_gaussians, device=mask.device), optimizer)
-
-    def split(
-        self,
-        mask: torch.Tensor,
-        optimizer: torch.optim.Optimizer | None = None,
-        generator: torch.Generator | None = None,
-        density_factor: float = SPLIT_DENSITY_FACTOR,
-    ) -> None:
-        """Replace each masked Gaussian by two drawn from it (positions sampled from the
-        parent), with scales / 1.6 and ``density_factor`` times its density each.
-
-        The default 0.5 is R^2-Gaussian's: the peak density is shared, not duplicated, but the
-        mass (``rho s^3``, hence the summed line integrals) falls to 2 * 0.5 / 1.6^3 = 0.24 of
-        the parent's. ``1.6**3 / 2`` (about 2.05) keeps the mass instead."""
-        with torch.no_grad():
-            chosen = torch.nonzero(mask).squeeze(1)
-            scales = self.scales[chosen]
-            noise = torch.randn((2, chosen.numel(), 3), generator=generator, dtype=scales.dtype, device=scales.device)
-            rotation = quaternion_to_rotation(self.rotations[chosen])
-            offsets = ((noise * scales)[..., None, :] * rotation).sum(dim=-1)
-            children = {
-                "positions": (self.positions[chosen] + offsets).reshape(-1, 3),
-                "scales": scales_to_raw(scales / SPLIT_SCALE_DIVISOR, self.scale_bounds).repeat(2, 1),
-                "rotations": self._params["rotations"][chosen].repeat(2, 1),
-                "densities": inverse_softplus(self.densities[chosen] * density_factor).repeat(2),
-            }
-            kept = torch.nonzero(~mask).squeeze(1)
-            new = {name: torch.cat([self._params[name][kept], children[name]]) for name in PARAMETER_NAMES}
-            self._replace(new, kept, optimizer)
-
-    def prune(self, mask: torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Remove the masked Gaussians."""
-        with torch.no_grad():
-            kept = torch.nonzero(~mask).squeeze(1)
-            self._replace({name: value[kept] for name, value in self._params.items()}, kept, optimizer)
-
-    def _replace(
-        self, new: dict[str, torch.Tensor], kept: torch.Tensor, optimizer: torch.optim.Optimizer | None
-    ) -> None:
-        """Install new parameter tensors whose first ``len(kept)`` rows continue the old rows
-        ``kept`` (statistics and optimizer state follow them; added rows start at zero)."""
-        count = int(new["positions"].shape[0])
-        for name, values in new.items():
-            param = nn.Parameter(values.detach().clone())
-            if optimizer is not None:
-                _swap_in_optimizer(optimizer, self._params[name], param, kept)
-            self._params[name] = param
-        self._grad_sum = _reindex(self._grad_sum, kept, count)
-        self._grad_count = _reindex(self._grad_count, kept, count)

@@ -31,6 +31,7 @@ from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.projector.sart import sart
 from ixgs_engine.reconstruct.data import TrainingData
 from ixgs_engine.render.backend import RenderBackend
+from ixgs_engine.render.splats import centred_in
 from ixgs_engine.volume import Volume
 
 VIEWS_PER_RENDER = 4  # bounds the render's memory at full resolution
@@ -74,11 +75,10 @@ def surroundings_projections(model: GaussianModel, data: TrainingData, backend: 
     """Line integrals (V, H, W) of the Gaussians centred outside the ROI, along each pixel's ray
     outside the ROI only (the render's cut at the ROI's faces): what the ROI's voxels must not
     explain."""
-    half = data.scene.half_sizes(data.roi)
-    support = tuple(float(h) for h in half)
+    support = tuple(float(h) for h in data.scene.half_sizes(data.roi))
     out = np.zeros((data.num_views, *data.image_shape), dtype=np.float32)
     with torch.no_grad():
-        outside = ~(model.positions.abs() <= model.positions.new_tensor(half)).all(dim=1)
+        outside = ~centred_in(model.positions, support)
         if not bool(outside.any()):
             return out
         means, covariances, densities = (

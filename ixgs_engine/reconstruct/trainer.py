@@ -1,5 +1,5 @@
 """The optimization loop: Adam over the Gaussians' parameters with exponential learning-rate
-decay, loss L1 + D-SSIM + 3-D TV, densify / prune, progress, cancel, checkpoint and resume.
+decay, loss L1 + D-SSIM + 3-D TV, densification (``gaussians/densification.py``), progress, cancel, checkpoint and resume.
 
 The Gaussians live in the model's domain (the ROI and its surroundings, see
 ``initialization.ModelDomain``); every render and TV block parts them at the ROI's faces
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ixgs_engine.errors import IXGSError
+from ixgs_engine.gaussians.densification import DensificationStrategy, GradientStatistics
 from ixgs_engine.gaussians.model import PARAMETER_NAMES, GaussianModel
 from ixgs_engine.geometry.roi import roi_grid
 from ixgs_engine.interrupts import EXIT_CODES, deferred_interrupts
@@ -95,10 +96,21 @@ class Trainer:
         tv_voxel = float(data.roi.size.max()) / config.tv_grid_size
         self.tv_grid = normalized_grid(roi_grid(data.roi, tv_voxel), data.scene)
         self.domain = ModelDomain.of(data, config)
+        self.densification = DensificationStrategy(
+            start=config.densify_from,
+            stop=config.densify_until,
+            interval=config.densify_interval,
+            grad_threshold=config.densify_grad_threshold,
+            max_gaussians=config.max_gaussians,
+            min_density=config.prune_min_density,
+            domain=tuple(self.domain.domain.tolist()),
+            refined=tuple((self.domain.roi * config.refine_scale).tolist()),
+        )
 
     # ------------------------------------------------------------------ state
     def _fresh_state(self) -> None:
         self.model = initial_model(self.data, self.config, self.backend, self.stage_progress)
+        self.statistics = GradientStatistics.zeros(self.model)
         self.optimizer = torch.optim.Adam(self.model.param_groups(self._learning_rates(0)), eps=1e-15)
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.view_queue: list[int] = []
@@ -124,7 +136,7 @@ class Trainer:
                 "elapsed": self.elapsed,
                 "parameters": {name: p.detach().cpu() for name, p in self.model.parameters().items()},
                 "scale_bounds": list(self.model.scale_bounds),
-                "densification": [t.cpu() for t in self.model.densification_state()],
+                "densification": [t.cpu() for t in self.statistics.tensors()],
                 "optimizer": self.optimizer.state_dict(),
                 "generator": self.generator.get_state(),
                 "view_queue": list(self.view_queue),
@@ -142,7 +154,7 @@ class Trainer:
         device = self.data.targets.device
         raw = [state["parameters"][name].to(device) for name in PARAMETER_NAMES]
         self.model = GaussianModel(*raw, scale_bounds=tuple(state["scale_bounds"]), normalization=self.data.scene)
-        self.model.load_densification_state(*(t.to(device) for t in state["densification"]))
+        self.statistics = GradientStatistics.restored(*(t.to(device) for t in state["densification"]), self.model)
         self.optimizer = torch.optim.Adam(self.model.param_groups(self._learning_rates(state["iteration"])), eps=1e-15)
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator = torch.Generator()
@@ -220,22 +232,11 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         if track:
-            model.add_densification_stats(offsets.grad, data.image_shape)
+            self.statistics.add(offsets.grad, data.image_shape)
         self.iteration += 1
         entry = {"iteration": self.iteration, "loss": loss.item()} | {k: v.item() for k, v in terms.items()}
-        if (
-            config.densify_from <= self.iteration <= config.densify_until
-            and self.iteration % config.densify_interval == 0
-        ):
-            entry |= model.densify_and_prune(
-                self.optimizer,
-                grad_threshold=config.densify_grad_threshold,
-                min_density=config.prune_min_density,
-                max_gaussians=config.max_gaussians,
-                generator=self.generator,
-                domain=self.domain.domain.tolist(),
-                refined=(self.domain.roi * config.refine_scale).tolist(),
-            )
+        if self.densification.is_due(self.iteration):
+            entry |= self.densification.refine(model, self.statistics, self.optimizer, self.generator)
         entry["gaussians"] = model.num_gaussians
         return entry
 

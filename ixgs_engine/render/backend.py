@@ -74,7 +74,7 @@ class RenderBackend(Protocol):
 
 
 _BACKENDS: dict[str, str | Callable[[], RenderBackend]] = {
-    "torch": "ixgs_engine.render.torch_backend:TorchBackend",
+    "torch": "ixgs_engine.render.renderer:TorchBackend",
     "triton": "ixgs_engine.render.triton_backend:TritonBackend",
 }
 BACKEND_VARIABLE = "IXGS_RENDER_BACKEND"  # auto (default), torch or triton: what select_backend uses

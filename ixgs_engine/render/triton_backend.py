@@ -1,9 +1,9 @@
-"""Fast render backend for CUDA GPUs: the torch reference's per-Gaussian geometry with the
+"""Fast render backend for CUDA GPUs: the shared splat stage (``splats.py``) with the
 per-sample accumulation in tile-binned Triton kernels (:mod:`ixgs_engine.render.triton_kernels`).
 
 Everything per Gaussian (projection, footprint, line-integral factor, culling, the precision
-matrices) stays in PyTorch with autograd, exactly as in :class:`TorchBackend`. What changes is
-the O(samples x Gaussians) stage: each splat's cutoff box is listed in every 16 x 16 pixel (or
+matrices) stays in PyTorch with autograd, as for the torch backend. What changes is the
+O(samples x Gaussians) stage, :class:`TritonAccumulator`: each splat's cutoff box is listed in every 16 x 16 pixel (or
 8 x 8 x 8 voxel) tile it touches, the (tile, splat) pairs are sorted by tile with ``torch.sort``,
 and one Triton program per tile sums its splats (forward) or reduces their gradient moments
 and adds them atomically (backward). Values and gradients equal the reference's (same cutoffs).
@@ -20,14 +20,8 @@ from torch.autograd.function import once_differentiable
 
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.render import triton_kernels
-from ixgs_engine.render.torch_backend import (
-    SampleGrid,
-    Splats,
-    TorchBackend,
-    _monomial_pairs,
-    cutoff_boxes,
-    inverse_symmetric,
-)
+from ixgs_engine.render.renderer import SplatRenderer, TorchBackend
+from ixgs_engine.render.splats import SampleGrid, Splats, cutoff_boxes, inverse_symmetric, monomial_pairs
 from ixgs_engine.volume import VolumeGrid
 
 TILE_SHAPES = {2: (16, 16, 1), 3: (8, 8, 8)}  # samples per tile along x, y, z
@@ -160,7 +154,7 @@ class _TileSum(torch.autograd.Function):
         centres, precision, amplitudes = ctx.saved_tensors
         bins: _TileBins = ctx.bins
         dims = bins.dims
-        pairs = _monomial_pairs(dims)
+        pairs = monomial_pairs(dims)
         moments = amplitudes.new_zeros(amplitudes.shape[0], 1 + dims + len(pairs))
         bins.launch(moments, grad_out.contiguous(), ctx.params, backward=True)
         # value = a e(p), p = -1/2 d^T Q d, d = x - c: dp/dc = Q d, dp/dQ_ii = -d_i^2 / 2, dp/dQ_ij = -d_i d_j.
@@ -175,13 +169,13 @@ class _TileSum(torch.autograd.Function):
         return grad_centres.to(centres.dtype), grad_precision.to(precision.dtype), moments[:, 0], None
 
 
-class TritonBackend(TorchBackend):
-    """:class:`~ixgs_engine.render.backend.RenderBackend` with Triton kernels for the per-sample
-    work; needs CUDA tensors (or CPU tensors under ``TRITON_INTERPRET=1``, for tests)."""
+class TritonAccumulator:
+    """:class:`~ixgs_engine.render.splats.Accumulator` with Triton kernels; needs CUDA tensors
+    (or CPU tensors under ``TRITON_INTERPRET=1``, for tests)."""
 
     name = "triton"
 
-    def _accumulate(self, splats: Splats, grid: SampleGrid) -> torch.Tensor:
+    def accumulate(self, splats: Splats, grid: SampleGrid) -> torch.Tensor:
         centres, covariances, amplitudes = splats.centres, splats.covariances, splats.amplitudes
         if centres.device.type != "cuda" and not triton_kernels.INTERPRETED:
             raise IXGSError(
@@ -191,7 +185,7 @@ class TritonBackend(TorchBackend):
         if amplitudes.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"the Triton render backend computes in float32 or float64, not {amplitudes.dtype}")
         kept, bins = _bin_tiles(splats, grid)
-        rows, columns = zip(*_monomial_pairs(len(grid.sizes)), strict=True)
+        rows, columns = zip(*monomial_pairs(len(grid.sizes)), strict=True)
         precision = inverse_symmetric(covariances[kept])[:, list(rows), list(columns)]
         return _TileSum.apply(centres[kept], precision, amplitudes[kept].contiguous(), bins)
 
@@ -210,19 +204,19 @@ class TritonBackend(TorchBackend):
     def self_test(self, device: torch.device | str) -> None:
         """Compile the kernels on ``device`` and raise RuntimeError unless render and voxelize
         values and gradients of a small float32 scene match the torch reference's."""
-        reference = TorchBackend()
+        reference, candidate = TorchBackend(), SplatRenderer(self)
         for what in ("render", "voxelize"):
             expected = _check_scene(reference, what, torch.device(device))
-            actual = _check_scene(self, what, torch.device(device))
+            actual = _check_scene(candidate, what, torch.device(device))
             for name, want, got in zip(("values", "gradients"), expected, actual, strict=True):
                 error = float(torch.linalg.vector_norm(got - want) / torch.linalg.vector_norm(want).clamp_min(1e-30))
                 if not error <= _CHECK_TOLERANCE:
                     raise RuntimeError(f"Triton {what} {name} differ from the torch reference by {error:.2g}")
 
 
-def _check_scene(backend: TorchBackend, what: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_scene(backend: SplatRenderer, what: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Values and mean-gradient of a small fixed float32 scene (40 Gaussians; a 40 x 48 view or
-    a 20^3 grid) on ``device``: the scene of :meth:`TritonBackend.self_test`."""
+    a 20^3 grid) on ``device``: the scene of :meth:`TritonAccumulator.self_test`."""
     generator = torch.Generator().manual_seed(0)
     means = (torch.rand(40, 3, generator=generator) - 0.5).to(device).requires_grad_()
     scales = 0.02 + 0.1 * torch.rand(40, 3, generator=generator)
@@ -236,3 +230,14 @@ def _check_scene(backend: TorchBackend, what: str, device: torch.device) -> tupl
         out = backend.voxelize(means, covariances, densities, grid)
     (gradient,) = torch.autograd.grad(out.square().mean(), means)
     return out.detach(), gradient
+
+
+class TritonBackend(SplatRenderer):
+    """The fast backend, the splat stage with :class:`TritonAccumulator`."""
+
+    def __init__(self) -> None:
+        super().__init__(TritonAccumulator())
+
+    def self_test(self, device: torch.device | str) -> None:
+        """:meth:`TritonAccumulator.self_test`."""
+        self.accumulator.self_test(device)
