@@ -23,6 +23,7 @@ from ixgs_engine.reconstruct import pipeline
 from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData
 from ixgs_engine.reconstruct.refinement import (
+    TRUNCATED_SHARE,
     TV_SMOOTHING,
     sart_refinement,
     surroundings_projections,
@@ -108,6 +109,27 @@ def test_the_patient_around_the_roi_is_taken_off_the_views_not_piled_into_the_ro
     assert abs(refined.array.mean() / truth.array.mean() - 1.0) < 0.02
     assert piled.array.mean() > 1.2 * truth.array.mean()
     assert psnr_3d(refined.array, truth) > psnr_3d(piled.array, truth) + 6.0
+
+
+def test_a_truncated_patient_keeps_the_gaussians_volume_without_sart_passes(scan, data, caplog):
+    """When most of what the views measure lies around the ROI, the surroundings' estimate
+    dominates what SART would fit; the passes are left out, with a warning naming the share."""
+    _, truth = scan
+    backend = get_backend("torch")
+    rng = np.random.default_rng(1)
+    around = rng.uniform(-2.0, 2.0, size=(1200, 3))
+    around = around[np.abs(around).max(axis=1) > 1.3][:600]  # a thick patient around the ROI
+    surroundings = _gaussians(data, around, 0.3, 2.0)
+    seen = surroundings_projections(surroundings, data, backend)
+    insitu = replace(data, targets=data.targets + torch.as_tensor(seen))
+    share = seen.sum() / insitu.targets.numpy().sum()
+    assert share > TRUNCATED_SHARE
+    start = truth.with_array(gaussian_filter(truth.array, 1.5).astype(np.float32))
+    with caplog.at_level("WARNING", logger="ixgs_engine.reconstruct.refinement"):
+        kept = sart_refinement(start, surroundings, insitu, backend, 2, 0.8)
+    assert kept is start
+    assert f"{100 * share:.0f}% of what the views measure lies outside the ROI" in caplog.text
+    assert "2 SART passes are left out" in caplog.text
 
 
 def test_sart_passes_from_the_command_line_improve_a_short_run(scan, tmp_path, capsys):

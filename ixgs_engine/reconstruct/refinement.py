@@ -17,10 +17,21 @@ Rays through the ROI also cross what lies around it (the rest of the patient, a 
 tissue beyond its box). The model's domain already carries that attenuation in the Gaussians
 around the ROI, so their rendered share is taken off the projections first and SART runs on
 the ROI's grid alone, with no grown grid to solve.
+
+That holds while the ROI's own share dominates the views. When most of each line integral lies
+outside the ROI (a truncated patient: the box inside a chest), the Gaussians' estimate of the
+surroundings is the larger term, and its error, taken off the views, lands in the ROI's voxels,
+worst on rays that graze a face (a short path through the ROI carries a long path's error).
+Measured on the real-CT benchmark's in-situ case (80 % of the line integrals outside the box):
+12 passes took the box from 26.77 dB (the Gaussians) to -0.28 dB, with voxels at 3600 times the
+densest tissue; a floor of 8 mm under each ray's length still gave 22.89 dB, and passes on a
+grid grown 1.5 times about the ROI gained 0.4 dB in 4 passes at 75 s a pass. So the passes are
+left out there and the Gaussians' volume is written (a specimen's surroundings carry 1.3 %).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -38,6 +49,10 @@ VIEWS_PER_RENDER = 4  # bounds the render's memory at full resolution
 # The TV's smoothing of |grad x| near 0, relative to the volume's largest value: small enough to
 # keep edges, large enough that flat regions get no division by zero.
 TV_SMOOTHING = 1e-3
+# Above this share of the views' line integrals lying outside the ROI, no SART passes (see above).
+TRUNCATED_SHARE = 0.5
+
+_log = logging.getLogger(__name__)
 
 
 def tv_gradient(volume: torch.Tensor) -> torch.Tensor:
@@ -110,10 +125,22 @@ def sart_refinement(
     ``volume``'s grid, started from ``volume`` (the voxelized Gaussians, 1/mm), against the
     projections less the Gaussians around the ROI, each followed by ``tv_steps_per_pass`` TV
     descent steps (:func:`tv_steps`). Non-negative; ``progress(done, total)`` after each view's
-    update."""
+    update. ``volume`` itself is returned, with a warning, when more than ``TRUNCATED_SHARE`` of
+    the views' line integrals lie outside the ROI."""
     if iterations < 1:
         return volume
-    inside = data.targets.cpu().numpy() - surroundings_projections(model, data, backend)
+    measured = data.targets.cpu().numpy()
+    surroundings = surroundings_projections(model, data, backend)
+    share = float(surroundings.sum(dtype=np.float64) / max(float(measured.sum(dtype=np.float64)), 1e-12))
+    if share > TRUNCATED_SHARE:
+        _log.warning(
+            "%.0f%% of what the views measure lies outside the ROI (a truncated patient): the %d SART "
+            "passes are left out, the Gaussians' volume is written",
+            100 * share,
+            iterations,
+        )
+        return volume
+    inside = measured - surroundings
     return sart(
         inside,
         data.world_matrices,
