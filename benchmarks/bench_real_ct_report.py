@@ -78,8 +78,7 @@ def write_report(workdir: Path, output: Path, cases: tuple[str, ...]) -> None:
         "initialize, train, final voxelization and SART passes; mid-run scoring excluded). `ixgs` is a plain `ixgs "
         "reconstruct` (the default preset); `ixgs-TAG` rows are variants measured on the way. The same machine type "
         "ran at different speeds on different sessions (SART-20 on the 25 views: 22 s on 2026-12-02 before 06:00 UTC, "
-        "68 s after 15:00, 67 s on 2026-12-03): compare a time with the SART row of its own session (the last column). "
-        "The `asdpocs` control was run for 25 views only (on 2026-12-02, a 68 s session).\n\n",
+        "68 s after 15:00, 67 s on 2026-12-03): compare a time with the SART row of its own session (the last column).\n\n",
         "| case | method | PSNR / SSIM | interior PSNR / SSIM | Δ vs SART-20 | s | device, threads | measured (UTC) |\n",
         "|---|---|---|---|---|---|---|---|\n",
     ]
