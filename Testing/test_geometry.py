@@ -16,7 +16,7 @@ from ixgs_engine.geometry.projection import (
     source_position,
     validate_projection_matrix,
 )
-from ixgs_engine.geometry.roi import ROI, _box_visible, box_fraction_in_view, default_roi
+from ixgs_engine.geometry.roi import ROI, _box_visible, box_fraction_in_view, default_roi, grown_grid
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -187,3 +187,23 @@ def test_scene_normalization_maps_roi_to_unit_cube_and_keeps_pixels():
     mu, length_mm = 0.02, 37.0
     assert scene.attenuation_to_normalized(mu) * length_mm * scene.scale == pytest.approx(mu * length_mm)
     assert scene.attenuation_to_world(scene.attenuation_to_normalized(mu)) == pytest.approx(mu)
+
+
+def test_a_grown_grid_puts_voxel_faces_on_the_roi_faces_and_covers_the_grown_box():
+    """The shell a truncated patient's SART passes solve: whole voxels across the ROI on every
+    axis (an oblique, non-cubic box), at least the growth around it."""
+    direction = np.linalg.qr(np.random.default_rng(4).normal(size=(3, 3)))[0].T
+    roi = ROI([10.0, -20.0, 5.0], [100.0, 50.0, 20.0], direction)
+    grid = grown_grid(roi, 2.5, 32)
+    assert np.allclose(grid.center(), roi.center)
+    assert np.allclose(grid.direction, roi.direction.T)
+    assert np.isclose(grid.spacing[0], 100.0 / 32)  # 32 voxels across the longest side
+    to_index = grid.world_to_index_matrix()
+    corners = roi.corners() @ to_index[:3, :3].T + to_index[:3, 3]
+    assert np.allclose(corners + 0.5, np.round(corners + 0.5), atol=1e-9)  # corners on voxel faces
+    assert np.all(grid.extent() >= 2.5 * roi.size - 1e-9)
+    assert np.all(grid.extent() < 2.5 * roi.size + 2 * grid.spacing)
+    assert grid.shape == grown_grid(roi, 2.5, 32).shape  # deterministic
+    assert grown_grid(roi, 1.0, 4).extent() == pytest.approx(roi.size)
+    with pytest.raises(GeometryError, match="growth factor"):
+        grown_grid(roi, 0.5, 32)

@@ -1,6 +1,7 @@
 """The SART refinement after the training (reconstruct/refinement.py): it moves the volume
 toward what the views measure, takes the Gaussians around the ROI off the views instead of
-piling them into the ROI, runs from the command line, and stops and resumes like the training."""
+piling them into the ROI (and for a truncated patient solves a shell around the ROI with it),
+runs from the command line, and stops and resumes like the training."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ixgs_engine.gaussians.model import GaussianModel
 from ixgs_engine.io.scan import load_projections, read_scan
 from ixgs_engine.io.volumes import read_volume
 from ixgs_engine.projector.joseph import JosephProjector
-from ixgs_engine.reconstruct import pipeline
+from ixgs_engine.reconstruct import pipeline, refinement
 from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData
 from ixgs_engine.reconstruct.refinement import (
@@ -52,7 +53,7 @@ def data(scan) -> TrainingData:
     return TrainingData.from_projections(load_projections(read_scan(scan[0])), 1.0, torch.device("cpu"))
 
 
-def _gaussians(data: TrainingData, positions: np.ndarray, scale: float, density: float) -> GaussianModel:
+def _gaussians(data: TrainingData, positions: np.ndarray, scale: float, density: float | np.ndarray) -> GaussianModel:
     count = len(positions)
     return GaussianModel.from_values(
         positions,
@@ -111,25 +112,37 @@ def test_the_patient_around_the_roi_is_taken_off_the_views_not_piled_into_the_ro
     assert psnr_3d(refined.array, truth) > psnr_3d(piled.array, truth) + 6.0
 
 
-def test_a_truncated_patient_keeps_the_gaussians_volume_without_sart_passes(scan, data, caplog):
-    """When most of what the views measure lies around the ROI, the surroundings' estimate
-    dominates what SART would fit; the passes are left out, with a warning naming the share."""
+def test_a_truncated_patient_gets_a_shell_solved_around_the_roi_instead_of_piling_into_it(
+    scan, data, caplog, monkeypatch
+):
+    """When most of what the views measure lies around the ROI (here 93 %), the Gaussians'
+    estimate of it is off locally (as a fitted model's is: each Gaussian 0.6-1.4 times the
+    truth); taken off the views, that error lands in the ROI. With the coarse shell solved
+    alongside (started from the estimate) the ROI stays near where it started; the ROI-only
+    passes lose it (measured: 18.5 vs 11.1 dB from a 19.6 dB start after 3 passes)."""
     _, truth = scan
     backend = get_backend("torch")
     rng = np.random.default_rng(1)
     around = rng.uniform(-2.0, 2.0, size=(1200, 3))
     around = around[np.abs(around).max(axis=1) > 1.3][:600]  # a thick patient around the ROI
-    surroundings = _gaussians(data, around, 0.3, 2.0)
-    seen = surroundings_projections(surroundings, data, backend)
+    patient = _gaussians(data, around, 0.3, 2.0)
+    seen = surroundings_projections(patient, data, backend)
     insitu = replace(data, targets=data.targets + torch.as_tensor(seen))
-    share = seen.sum() / insitu.targets.numpy().sum()
-    assert share > TRUNCATED_SHARE
+    assert seen.sum() / insitu.targets.numpy().sum() > 0.9
+    estimate = _gaussians(data, around, 0.3, 2.0 * np.random.default_rng(2).uniform(0.6, 1.4, len(around)))
+    estimated_share = surroundings_projections(estimate, data, backend).sum() / insitu.targets.numpy().sum()
+    assert estimated_share > TRUNCATED_SHARE
     start = truth.with_array(gaussian_filter(truth.array, 1.5).astype(np.float32))
-    with caplog.at_level("WARNING", logger="ixgs_engine.reconstruct.refinement"):
-        kept = sart_refinement(start, surroundings, insitu, backend, 2, 0.8)
-    assert kept is start
-    assert f"{100 * share:.0f}% of what the views measure lies outside the ROI" in caplog.text
-    assert "2 SART passes are left out" in caplog.text
+    with caplog.at_level("INFO", logger="ixgs_engine.reconstruct.refinement"):
+        shelled = sart_refinement(start, estimate, insitu, backend, 3, 0.8)
+    assert f"{100 * estimated_share:.0f}% of what the views measure lies outside the ROI" in caplog.text
+    assert "also solve a 30x30x30 grid of 16.0 mm voxels around it (in the first 2 passes)" in caplog.text
+    monkeypatch.setattr(refinement, "TRUNCATED_SHARE", 1.0)  # the ROI-only passes, for comparison
+    roi_only = sart_refinement(start, estimate, insitu, backend, 3, 0.8)
+    assert _same_grid(shelled, start)
+    assert abs(shelled.array.mean() / truth.array.mean() - 1.0) < 0.35
+    assert psnr_3d(shelled.array, truth) > psnr_3d(start.array, truth) - 1.5
+    assert psnr_3d(shelled.array, truth) > psnr_3d(roi_only.array, truth) + 5.0
 
 
 def test_sart_passes_from_the_command_line_improve_a_short_run(scan, tmp_path, capsys):

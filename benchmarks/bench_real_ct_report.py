@@ -20,8 +20,10 @@ VARIANT_NOTES = {
     "ixgs-sart4": "the previous `cpu` default's training (800 steps) then 4 SART passes without TV steps",
     "ixgs-800it-6p": "the previous `cpu` default: 800 steps on half-resolution views, then 6 SART + TV passes",
     "ixgs-300it-12p": "the `cpu` default's settings given with `--set` before they became the default",
-    "ixgs-passes": "the `cpu` default before the truncated-patient rule: its 12 SART + TV passes on the ROI's grid "
+    "ixgs-passes": "the `cpu` default before the truncated-patient shell: its 12 SART + TV passes on the ROI's grid "
     "with the Gaussians around it taken off the views (80 % of the line integrals): voxels at grazing rays blow up",
+    "ixgs-nopasses": "the `cpu` default's Gaussians alone (the passes left out for a truncated patient, the rule "
+    "before the shell)",
     "ixgs-cpu-1000it": "the previous `cpu` default: 40k→100k Gaussians, 800 steps on half-resolution views, 200 on "
     "full-resolution ones, no SART passes",
     "ixgs-fast-d1": "`fast` preset before this work's model domain (Gaussians confined to the ROI), ROI = 128 mm box",

@@ -158,3 +158,19 @@ def roi_grid(roi: ROI, voxel_size: float) -> VolumeGrid:
     direction = roi.direction.T  # columns = box axes = index axes i, j, k
     origin = roi.center - direction @ (spacing * (counts - 1) / 2.0)
     return VolumeGrid((int(counts[2]), int(counts[1]), int(counts[0])), origin, spacing, direction)
+
+
+def grown_grid(roi: ROI, factor: float, voxels_across: int) -> VolumeGrid:
+    """A coarse grid over the ROI grown by ``factor`` about its centre, axes along the box,
+    whose voxel faces fall on the ROI's faces: about ``voxels_across`` voxels across the ROI's
+    longest side (every axis gets a whole number of voxels across the ROI, at least one), and
+    at least ``(factor - 1) / 2`` of the ROI's size on every side around it."""
+    if not (factor >= 1 and voxels_across >= 1):
+        raise GeometryError(f"need a growth factor >= 1 and >= 1 voxel, got {factor} and {voxels_across}")
+    pitch = float(np.max(roi.size)) / voxels_across
+    inside = np.maximum(np.round(roi.size / pitch).astype(int), 1)
+    spacing = roi.size / inside
+    counts = inside + 2 * np.ceil(inside * (factor - 1.0) / 2.0 - 1e-9).astype(int)
+    direction = roi.direction.T
+    origin = roi.center - direction @ (spacing * (counts - 1) / 2.0)
+    return VolumeGrid((int(counts[2]), int(counts[1]), int(counts[0])), origin, spacing, direction)

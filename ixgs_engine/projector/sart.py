@@ -4,11 +4,17 @@ Each update uses one subset of views: ``x += relaxation * A_s^T((p_s - A_s x) / 
 A_s^T 1``, i.e. residuals normalized by each ray's length through the volume and the
 backprojection normalized by each voxel's total weight (Andersen & Kak 1984). Subsets are
 visited in a fixed interleaved order so consecutive updates use far-apart views.
+
+With a :class:`Shell`, a second, coarser grid around the volume is solved with it (the
+unknowns are both grids; its projections add to the volume's): each ray's residual is
+normalized by its length through both, so what lies around the volume is fitted where it is
+instead of landing in the volume's voxels along rays that graze its faces.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,6 +27,24 @@ from ixgs_engine.volume import Volume, VolumeGrid
 # bytes, and recomputed at every update otherwise (one more back projection an update), so
 # SART on a fine output grid (hundreds of MB a volume) does not hold one volume per view.
 WEIGHT_CACHE_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class Shell:
+    """A coarse grid around the reconstructed volume (the rest of a truncated patient), solved
+    with it: started from ``initial``, its voxels where ``held`` is true (those inside the
+    volume's box) kept at zero, updated during the first ``passes`` passes and then held, its
+    projections kept (after a few passes it changes little, and it costs as much a pass as
+    the volume)."""
+
+    grid: VolumeGrid
+    initial: np.ndarray
+    held: np.ndarray
+    passes: int
+
+    def __post_init__(self) -> None:
+        if self.initial.shape != self.grid.shape or self.held.shape != self.grid.shape:
+            raise ValueError(f"the shell's arrays must have its grid's shape {self.grid.shape}")
 
 
 def interleaved_subsets(num_views: int, views_per_subset: int) -> list[list[int]]:
@@ -48,12 +72,15 @@ def sart(
     device: str | torch.device = "cpu",
     progress: ProgressCallback | None = None,
     after_pass: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    shell: Shell | None = None,
 ) -> Volume:
     """Reconstruct attenuation (same units as projections per mm) on ``grid``.
 
     ``iterations`` counts full passes over all views; ``progress(done, total)`` is called
     after each subset update; ``after_pass(volume, before)`` after each pass, with the volume
-    before that pass, may change ``volume`` in place (a regularization step between passes)."""
+    before that pass, may change ``volume`` in place (a regularization step between passes).
+    With a ``shell``, it is solved alongside (see :class:`Shell`); only ``grid``'s volume is
+    returned."""
     values = torch.as_tensor(np.asarray(projections, dtype=np.float32), device=device)
     if values.ndim != 3 or values.shape[0] != len(matrices):
         raise ValueError(f"need projections (N, H, W) for {len(matrices)} matrices, got {tuple(values.shape)}")
@@ -65,6 +92,9 @@ def sart(
     subset_projectors = [projector.subset(views) for views in subsets]
     ones = torch.ones(grid.shape, dtype=torch.float32, device=device)
     ray_lengths = [p.forward(ones) for p in subset_projectors]
+    around = _ShellState(shell, matrices, tuple(values.shape[1:]), subsets, device) if shell is not None else None
+    if around is not None:
+        ray_lengths = [lengths + extra for lengths, extra in zip(ray_lengths, around.ray_lengths(), strict=True)]
     cached = len(subsets) * ones.numel() * ones.element_size() <= WEIGHT_CACHE_BYTES
     voxel_weights = [
         p.adjoint(torch.ones_like(lengths)) if cached else None
@@ -72,22 +102,81 @@ def sart(
     ]
     total = iterations * len(subsets)
     done = 0
-    for _ in range(iterations):
+    for iteration in range(iterations):
         before = volume.clone() if after_pass is not None else volume
-        for views, sub, lengths, weights in zip(subsets, subset_projectors, ray_lengths, voxel_weights, strict=True):
+        solving_shell = around is not None and around.solve_in(iteration)
+        for index, (views, sub, lengths, weights) in enumerate(
+            zip(subsets, subset_projectors, ray_lengths, voxel_weights, strict=True)
+        ):
             residual = values[views] - sub.forward(volume)
+            if around is not None:
+                residual -= around.projection(index)
             normalized = torch.where(lengths > 1e-6, residual / lengths.clamp_min(1e-6), torch.zeros_like(residual))
-            update = sub.adjoint(normalized)
             if weights is None:
                 weights = sub.adjoint(torch.ones_like(lengths))
-            volume += relaxation * torch.where(
-                weights > 1e-6, update / weights.clamp_min(1e-6), torch.zeros_like(update)
-            )
+            volume += relaxation * _normalized_back_projection(sub, normalized, weights)
             if positivity:
                 volume.clamp_(min=0.0)
+            if solving_shell:
+                around.update(index, relaxation * normalized, positivity)
             done += 1
             if progress is not None:
                 progress(done, total)
         if after_pass is not None:
             after_pass(volume, before)
     return Volume.on_grid(grid, volume.cpu().numpy())
+
+
+def _normalized_back_projection(
+    projector: JosephProjector, normalized: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """``A^T r / A^T 1``, zero where no ray reaches a voxel."""
+    update = projector.adjoint(normalized)
+    return torch.where(weights > 1e-6, update / weights.clamp_min(1e-6), torch.zeros_like(update))
+
+
+class _ShellState:
+    """A :class:`Shell` during SART: its volume, per-subset projectors and voxel weights, and
+    its projections once it is held."""
+
+    def __init__(
+        self,
+        shell: Shell,
+        matrices: Sequence[np.ndarray] | np.ndarray,
+        image_shape: tuple[int, int],
+        subsets: list[list[int]],
+        device: str | torch.device,
+    ) -> None:
+        self.shell = shell
+        whole = JosephProjector(shell.grid, matrices, image_shape, device=device)
+        self.projectors = [whole.subset(views) for views in subsets]
+        self.free = torch.as_tensor(~np.asarray(shell.held, dtype=bool), dtype=torch.float32, device=device)
+        self.volume = torch.as_tensor(np.asarray(shell.initial, dtype=np.float32), device=device) * self.free
+        self.weights = [
+            p.adjoint(torch.ones((len(views), *image_shape), device=device)) * self.free
+            for p, views in zip(self.projectors, subsets, strict=True)
+        ]
+        self.held_projections: list[torch.Tensor] | None = None
+
+    def ray_lengths(self) -> list[torch.Tensor]:
+        """Each ray's length through the shell's free voxels."""
+        return [p.forward(self.free) for p in self.projectors]
+
+    def solve_in(self, iteration: int) -> bool:
+        """Whether pass ``iteration`` (from 0) updates the shell; from the first that does
+        not, its projections are computed once and kept."""
+        if iteration < self.shell.passes:
+            return True
+        if self.held_projections is None:
+            self.held_projections = [p.forward(self.volume) for p in self.projectors]
+        return False
+
+    def projection(self, index: int) -> torch.Tensor:
+        if self.held_projections is not None:
+            return self.held_projections[index]
+        return self.projectors[index].forward(self.volume)
+
+    def update(self, index: int, normalized: torch.Tensor, positivity: bool) -> None:
+        self.volume += _normalized_back_projection(self.projectors[index], normalized, self.weights[index])
+        if positivity:
+            self.volume.clamp_(min=0.0)

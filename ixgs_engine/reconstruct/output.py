@@ -10,12 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ixgs_engine.device import check_memory
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.gaussians.model import GaussianModel
-from ixgs_engine.geometry.normalization import SceneNormalization
 from ixgs_engine.geometry.roi import ROI, roi_grid
 from ixgs_engine.io import atomic_output
 from ixgs_engine.io.volumes import write_volume
@@ -23,10 +21,10 @@ from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData
 from ixgs_engine.reconstruct.refinement import sart_refinement
-from ixgs_engine.render.backend import RenderBackend, normalized_grid, subgrid
+from ixgs_engine.reconstruct.voxelize import voxelize_volume
+from ixgs_engine.render.backend import RenderBackend
 from ixgs_engine.volume import Volume, VolumeGrid
 
-SLAB_VOXELS = 1 << 21
 BYTES_PER_OUTPUT_VOXEL = 13  # the float32 volume, its copy in world units, the writer's copy, a label byte
 
 
@@ -44,28 +42,6 @@ def output_grid(roi: ROI, voxel_size: float) -> VolumeGrid:
         "give a larger --voxel-size or a smaller ROI",
     )
     return grid
-
-
-def voxelize_volume(
-    model: GaussianModel, scene: SceneNormalization, roi: ROI, grid: VolumeGrid, backend: RenderBackend
-) -> Volume:
-    """Sum of the Gaussians at the voxel centres of a world grid, in 1/mm, a slab of z at a
-    time to bound memory: those centred in the ROI inside it, the others outside it (the
-    partition the training renders, see ``RenderBackend``)."""
-    support = tuple(float(h) for h in scene.half_sizes(roi))
-    normalized = normalized_grid(grid, scene)
-    nz, ny, nx = grid.shape
-    slab = max(1, SLAB_VOXELS // (ny * nx))
-    values = np.empty(grid.shape, dtype=np.float32)
-    with torch.no_grad():
-        means, covariances, densities = model.positions, model.covariances(), model.densities
-        for start in range(0, nz, slab):
-            depth = min(slab, nz - start)
-            block = backend.voxelize(
-                means, covariances, densities, subgrid(normalized, (start, 0, 0), (depth, ny, nx)), support
-            )
-            values[start : start + depth] = block.cpu().numpy()
-    return Volume.on_grid(grid, scene.attenuation_to_world(values).astype(np.float32))
 
 
 @dataclass
@@ -99,6 +75,7 @@ def final_volume(
         progress,
         config.final_tv_steps,
         config.final_tv_step,
+        config.domain_scale,
     )
 
 
