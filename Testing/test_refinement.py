@@ -92,10 +92,15 @@ def test_gaussians_inside_the_roi_are_not_taken_off_the_views(data):
     assert not surroundings_projections(inside, data, get_backend("torch")).any()
 
 
-def test_the_patient_around_the_roi_is_taken_off_the_views_not_piled_into_the_roi(scan, data):
-    """In situ: the views also see attenuation around the ROI, which the model's Gaussians
-    there carry. With it taken off, SART from the true ROI stays there; SART on the raw views
-    (what the refinement would do without it) piles it into the ROI."""
+@pytest.mark.parametrize("truncated_share", [1.0, 0.0], ids=["taken-off", "shell"])
+def test_the_patient_around_the_roi_is_taken_off_the_views_not_piled_into_the_roi(
+    scan, data, truncated_share, monkeypatch
+):
+    """In situ: the views also see attenuation around the ROI (28 % here), which the model's
+    Gaussians there carry. With it taken off the views (below ``TRUNCATED_SHARE``), or with it
+    starting a shell solved alongside (above), SART from the true ROI stays there; SART on the
+    raw views (what the refinement would do without either) piles it into the ROI."""
+    monkeypatch.setattr(refinement, "TRUNCATED_SHARE", truncated_share)  # each path, whatever the bar
     _, truth = scan
     backend = get_backend("torch")
     rng = np.random.default_rng(0)

@@ -154,10 +154,7 @@ def roi_grid(roi: ROI, voxel_size: float) -> VolumeGrid:
     if not voxel_size > 0:
         raise GeometryError(f"voxel size must be positive, got {voxel_size}")
     counts = np.maximum(np.round(roi.size / voxel_size).astype(int), 2)
-    spacing = roi.size / counts
-    direction = roi.direction.T  # columns = box axes = index axes i, j, k
-    origin = roi.center - direction @ (spacing * (counts - 1) / 2.0)
-    return VolumeGrid((int(counts[2]), int(counts[1]), int(counts[0])), origin, spacing, direction)
+    return _box_grid(roi, counts, roi.size / counts)
 
 
 def grown_grid(roi: ROI, factor: float, voxels_across: int) -> VolumeGrid:
@@ -171,6 +168,11 @@ def grown_grid(roi: ROI, factor: float, voxels_across: int) -> VolumeGrid:
     inside = np.maximum(np.round(roi.size / pitch).astype(int), 1)
     spacing = roi.size / inside
     counts = inside + 2 * np.ceil(inside * (factor - 1.0) / 2.0 - 1e-9).astype(int)
-    direction = roi.direction.T
+    return _box_grid(roi, counts, spacing)
+
+
+def _box_grid(roi: ROI, counts: np.ndarray, spacing: np.ndarray) -> VolumeGrid:
+    """``counts`` (i, j, k) voxels of ``spacing`` mm centred on the ROI, axes along the box."""
+    direction = roi.direction.T  # columns = box axes = index axes i, j, k
     origin = roi.center - direction @ (spacing * (counts - 1) / 2.0)
     return VolumeGrid((int(counts[2]), int(counts[1]), int(counts[0])), origin, spacing, direction)

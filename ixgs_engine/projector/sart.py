@@ -104,7 +104,8 @@ def sart(
     done = 0
     for iteration in range(iterations):
         before = volume.clone() if after_pass is not None else volume
-        solving_shell = around is not None and around.solve_in(iteration)
+        if around is not None and iteration == shell.passes:
+            around.hold()
         for index, (views, sub, lengths, weights) in enumerate(
             zip(subsets, subset_projectors, ray_lengths, voxel_weights, strict=True)
         ):
@@ -117,7 +118,7 @@ def sart(
             volume += relaxation * _normalized_back_projection(sub, normalized, weights)
             if positivity:
                 volume.clamp_(min=0.0)
-            if solving_shell:
+            if around is not None and around.held_projections is None:
                 around.update(index, relaxation * normalized, positivity)
             done += 1
             if progress is not None:
@@ -147,7 +148,6 @@ class _ShellState:
         subsets: list[list[int]],
         device: str | torch.device,
     ) -> None:
-        self.shell = shell
         whole = JosephProjector(shell.grid, matrices, image_shape, device=device)
         self.projectors = [whole.subset(views) for views in subsets]
         self.free = torch.as_tensor(~np.asarray(shell.held, dtype=bool), dtype=torch.float32, device=device)
@@ -162,14 +162,9 @@ class _ShellState:
         """Each ray's length through the shell's free voxels."""
         return [p.forward(self.free) for p in self.projectors]
 
-    def solve_in(self, iteration: int) -> bool:
-        """Whether pass ``iteration`` (from 0) updates the shell; from the first that does
-        not, its projections are computed once and kept."""
-        if iteration < self.shell.passes:
-            return True
-        if self.held_projections is None:
-            self.held_projections = [p.forward(self.volume) for p in self.projectors]
-        return False
+    def hold(self) -> None:
+        """Stop updating the shell: its projections are computed once and kept."""
+        self.held_projections = [p.forward(self.volume) for p in self.projectors]
 
     def projection(self, index: int) -> torch.Tensor:
         if self.held_projections is not None:

@@ -32,8 +32,8 @@ is solved in the first ``SHELL_PASSES`` passes and then held. Measured on the sa
 ``cpu`` preset's 12 passes with the shell took the box from 26.77 dB / SSIM 0.723 to 28.35 /
 0.795 (RTK SART-20 on a grid 2.5 times as wide: 26.89 / 0.759). Found while choosing, after 6
 passes: shell held after 2, 28.17 / 0.789; solved in all 6, 28.24 / 0.792 with each of the
-last 4 passes a third longer; 8 mm shell voxels, 27.71 / 0.778. A specimen's surroundings carry 1.3 % of its views,
-and take the cheaper path above.
+last 4 passes a third longer; 8 mm shell voxels, 27.71 / 0.778. A specimen's surroundings
+carry 1.3 % of its views, and take the cheaper path above.
 """
 
 from __future__ import annotations
@@ -134,9 +134,8 @@ def surroundings_shell(
     voxelized on it, held at zero inside the ROI (``volume``'s box)."""
     across = max(1, min(SHELL_VOXELS_ACROSS_ROI, max(volume.shape) // 2))
     grid = grown_grid(data.roi, domain_scale, across)
-    held = data.roi.contains(grid.voxel_centres())
     start = voxelize_volume(model, data.scene, data.roi, grid, backend).array
-    return Shell(grid, np.where(held, 0.0, start).astype(np.float32), held, SHELL_PASSES)
+    return Shell(grid, start, data.roi.contains(grid.voxel_centres()), SHELL_PASSES)
 
 
 def sart_refinement(
