@@ -259,7 +259,7 @@ def run_ixgs(scan: Path, output: Path, truth: Volume, preset_name: str, override
     wall = time.perf_counter() - began - trace.evaluation_s
     trainer = trainers[0]  # the written volume is on the ROI's grid; score the same steps on the truth's
     full = trainer.fine_data or TrainingData.from_projections(load_projections(read_scan(scan)), 1.0, device)
-    volume = final_volume(trainer.model, full, truth.grid, trainer.backend, config)
+    volume = final_volume(trainer.model, full, truth.grid, trainer.backend, config).volume
     return {
         **scores(volume, truth),
         "seconds": wall,

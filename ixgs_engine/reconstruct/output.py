@@ -20,7 +20,7 @@ from ixgs_engine.io.volumes import write_volume
 from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData
-from ixgs_engine.reconstruct.refinement import sart_refinement
+from ixgs_engine.reconstruct.refinement import Refinement, sart_refinement
 from ixgs_engine.reconstruct.voxelize import voxelize_volume
 from ixgs_engine.render.backend import RenderBackend
 from ixgs_engine.volume import Volume, VolumeGrid
@@ -58,11 +58,12 @@ def final_volume(
     backend: RenderBackend,
     config: ReconstructionConfig,
     progress: ProgressCallback | None = None,
-) -> Volume:
+) -> Refinement:
     """What a run writes: the Gaussians voxelized on ``grid``, then ``config.final_sart_passes``
     SART passes over ``data`` (the views at full resolution), each followed by
-    ``config.final_tv_steps`` TV steps, started from them (see ``refinement``). A voxelized
-    volume that is not finite everywhere, or zero everywhere, is refused."""
+    ``config.final_tv_steps`` TV steps, started from them (see ``refinement``), with what the
+    passes found around the ROI. A voxelized volume that is not finite everywhere, or zero
+    everywhere, is refused."""
     volume = voxelize_volume(model, data.scene, data.roi, grid, backend)
     _check_volume(volume)
     return sart_refinement(

@@ -46,6 +46,8 @@ class ReconstructionSummary:
     heldout_views: list[int] = field(default_factory=list)
     preset: str = "custom"
     estimated_seconds: float | None = None
+    # What the final SART passes found around the ROI (refinement.Refinement.record).
+    refinement: dict | None = None
 
     def line(self) -> str:
         """The one-line summary printed at the end of a run."""
@@ -210,10 +212,11 @@ def reconstruct_scan(
         fine = TrainingData.from_projections(projections, 1.0, torch_device)
     with deferred_interrupts() as interrupt:
         stop = _stop_check(should_cancel, interrupt, output_dir)
-        volume = final_volume(
+        refinement = final_volume(
             result.model, fine if fine is not None else data, grid, backend, config, _stage(stage_progress, stop)
         )
         stop()
+    volume = refinement.volume
     written = write_outputs(output_dir, volume, result.model, volume_format, threshold)
     summary = ReconstructionSummary(
         scan=str(Path(scan_dir).resolve()),
@@ -233,6 +236,7 @@ def reconstruct_scan(
         heldout_views=heldout,
         preset=preset_name,
         estimated_seconds=round(estimate, 1),
+        refinement=refinement.record(),
     )
     run_files.write_summary(output_dir, asdict(summary))
     return summary, volume

@@ -13,33 +13,37 @@ the same passes started from zero (the benchmark's ``asdpocs`` control) reach th
 preset's quality in a fifth of its time, so on a CPU budget the Gaussians mostly serve as a
 start for these passes.
 
-Rays through the ROI also cross what lies around it (the rest of the patient, a specimen's
-tissue beyond its box). The model's domain already carries that attenuation in the Gaussians
-around the ROI, so their rendered share is taken off the projections first and SART runs on
-the ROI's grid alone, with no grown grid to solve.
+Rays through the ROI may also cross what lies around it. A specimen's views see nothing
+beyond its box, yet the model's domain reaches past the ROI, and the Gaussians there are the
+tails of the tissue at its faces: 1.3 % of the views' line integrals on the real-CT benchmark's
+specimens. They are not taken off the views: the ROI's border voxels must explain those line
+integrals themselves. Measured on the 25-view case from the same trained Gaussians: 12 passes on
+the views as they are, 35.75 dB / SSIM 0.928 (interior 35.30); with the Gaussians around the ROI
+taken off the views first (the rule before), 34.98 / 0.924 (interior 35.14), the border left
+dark; with the shell below, 33.61 / 0.900 (it takes the faces' tissue into 4 mm voxels).
 
-That holds while the ROI's own share dominates the views. When much of each line integral lies
-outside the ROI (a truncated patient: the box inside a chest), the Gaussians' estimate of the
-surroundings is a large term, and its error, taken off the views, lands in the ROI's voxels,
-worst on rays that graze a face (a short path through the ROI carries a long path's error).
-Measured on the real-CT benchmark's in-situ case (80 % of the line integrals outside the box):
-12 such passes took the box from 26.77 dB (the Gaussians) to -0.28 dB, with voxels at 3600
+A truncated patient is the other case: when much of each line integral lies outside the ROI
+(the box inside a chest), the passes on the ROI alone pile it into the ROI's voxels, and the
+Gaussians' estimate of it taken off the views lands its error there, worst on rays that graze
+a face (a short path through the ROI carries a long path's error). Measured on the real-CT
+benchmark's in-situ case (80 % of the line integrals outside the box): 12 passes on the views
+less that estimate took the box from 26.77 dB (the Gaussians) to -0.28 dB, with voxels at 3600
 times the densest tissue; a floor of 8 mm under each ray's length still gave 22.89 dB. So
-there the passes solve a coarse shell around the ROI too (``projector.sart.Shell``, about 4 mm
-voxels over the model's domain, started from the Gaussians around the ROI): each ray's
-residual is spread over its whole path, and what lies outside is fitted where it is. The shell
-is solved in the first ``SHELL_PASSES`` passes and then held. Measured on the same case: the
-``cpu`` preset's 12 passes with the shell took the box from 26.77 dB / SSIM 0.723 to 28.35 /
-0.795 (RTK SART-20 on a grid 2.5 times as wide: 26.89 / 0.759). Found while choosing, after 6
-passes: shell held after 2, 28.17 / 0.789; solved in all 6, 28.24 / 0.792 with each of the
-last 4 passes a third longer; 8 mm shell voxels, 27.71 / 0.778. A specimen's surroundings
-carry 1.3 % of its views, and take the cheaper path above.
+above ``TRUNCATED_SHARE`` the passes solve a coarse shell around the ROI too
+(``projector.sart.Shell``, about 4 mm voxels over the model's domain, started from the Gaussians
+around the ROI): each ray's residual is spread over its whole path, and what lies outside is
+fitted where it is. The shell is solved in the first ``SHELL_PASSES`` passes and then held.
+Measured on the same case: the ``cpu`` preset's 12 passes with the shell took the box from
+26.77 dB / SSIM 0.723 to 28.35 / 0.795 (RTK SART-20 on a grid 2.5 times as wide: 26.89 /
+0.759). Found while choosing, after 6 passes: shell held after 2, 28.17 / 0.789; solved in all
+6, 28.24 / 0.792 with each of the last 4 passes a third longer; 8 mm shell voxels, 27.71 / 0.778.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -52,16 +56,16 @@ from ixgs_engine.reconstruct.data import TrainingData
 from ixgs_engine.reconstruct.voxelize import voxelize_volume
 from ixgs_engine.render.backend import RenderBackend
 from ixgs_engine.render.splats import centred_in
-from ixgs_engine.volume import Volume
+from ixgs_engine.volume import Volume, VolumeGrid
 
 VIEWS_PER_RENDER = 4  # bounds the render's memory at full resolution
 # The TV's smoothing of |grad x| near 0, relative to the volume's largest value: small enough to
 # keep edges, large enough that flat regions get no division by zero.
 TV_SMOOTHING = 1e-3
-# Above this share of the views' line integrals lying outside the ROI, the passes solve a shell
-# around it too (see above). The in-situ case has 80 %, a specimen 1.3 %; nothing was measured in
-# between, so the bar is set low: the shell costs about 40 % more a pass, a wrong ROI-only fit
-# the whole volume.
+# Above this share of the views' line integrals carried by the Gaussians around the ROI, the
+# passes solve a shell around it too; below, they run on the ROI alone (see above). The in-situ
+# case has 80 %, a specimen 1.3 %; nothing was measured in between. Below the bar a patient's
+# surroundings go into the ROI's voxels (at most this share of the line integrals).
 TRUNCATED_SHARE = 0.1
 # The shell's voxels: this many across the ROI's longest side (4 mm for a 128 mm ROI), at most
 # half the output's; solved in this many passes, then held.
@@ -104,8 +108,8 @@ def tv_steps(steps: int, step_size: float) -> Callable[[torch.Tensor, torch.Tens
 
 def surroundings_projections(model: GaussianModel, data: TrainingData, backend: RenderBackend) -> np.ndarray:
     """Line integrals (V, H, W) of the Gaussians centred outside the ROI, along each pixel's ray
-    outside the ROI only (the render's cut at the ROI's faces): what the ROI's voxels must not
-    explain."""
+    outside the ROI only (the render's cut at the ROI's faces): their share of the views tells a
+    truncated patient from a specimen (see above)."""
     support = tuple(float(h) for h in data.scene.half_sizes(data.roi))
     out = np.zeros((data.num_views, *data.image_shape), dtype=np.float32)
     with torch.no_grad():
@@ -138,6 +142,29 @@ def surroundings_shell(
     return Shell(grid, start, data.roi.contains(grid.voxel_centres()), SHELL_PASSES)
 
 
+@dataclass(frozen=True)
+class Refinement:
+    """What the passes wrote, and what they found around the ROI: the share of the views' line
+    integrals the Gaussians around it carry (None without passes) and the shell's grid when one
+    was solved (a truncated patient)."""
+
+    volume: Volume
+    surroundings_share: float | None = None
+    shell: VolumeGrid | None = None
+
+    def record(self) -> dict:
+        """For ``summary.json``: the share, and the shell's voxels (x, y, z) and size (mm) or None."""
+        shell = None
+        if self.shell is not None:
+            shell = {
+                "voxels": [int(n) for n in self.shell.shape[::-1]],
+                "voxel_mm": round(float(np.max(self.shell.spacing)), 3),
+                "passes": SHELL_PASSES,
+            }
+        share = None if self.surroundings_share is None else round(self.surroundings_share, 4)
+        return {"surroundings_share": share, "shell": shell}
+
+
 def sart_refinement(
     volume: Volume,
     model: GaussianModel,
@@ -149,18 +176,19 @@ def sart_refinement(
     tv_steps_per_pass: int = 0,
     tv_step_size: float = 0.2,
     domain_scale: float = 2.5,
-) -> Volume:
+) -> Refinement:
     """``iterations`` SART passes over ``data``'s views (full resolution, world units) on
     ``volume``'s grid, started from ``volume`` (the voxelized Gaussians, 1/mm), each followed by
     ``tv_steps_per_pass`` TV descent steps (:func:`tv_steps`); non-negative; ``progress(done,
-    total)`` after each view's update. Against the projections less the Gaussians around the
-    ROI, or, when more than ``TRUNCATED_SHARE`` of the views' line integrals lie outside the ROI,
-    with a coarse shell over the model's domain (``domain_scale``) solved alongside (see above)."""
+    total)`` after each view's update. On the ROI alone, or, when the Gaussians around the ROI
+    carry more than ``TRUNCATED_SHARE`` of the views' line integrals, with a coarse shell over
+    the model's domain (``domain_scale``) solved alongside (see above). No passes: ``volume``
+    as it is."""
     if iterations < 1:
-        return volume
+        return Refinement(volume)
     measured = data.targets.cpu().numpy()
-    surroundings = surroundings_projections(model, data, backend)
-    share = float(surroundings.sum(dtype=np.float64) / max(float(measured.sum(dtype=np.float64)), 1e-12))
+    surroundings = float(surroundings_projections(model, data, backend).sum(dtype=np.float64))
+    share = surroundings / max(float(measured.sum(dtype=np.float64)), 1e-12)
     shell = None
     if share > TRUNCATED_SHARE:
         shell = surroundings_shell(model, data, backend, volume, domain_scale)
@@ -175,8 +203,8 @@ def sart_refinement(
             float(np.max(shell.grid.spacing)),
             shell.passes,
         )
-    return sart(
-        measured if shell is not None else measured - surroundings,
+    refined = sart(
+        measured,
         data.world_matrices,
         volume.grid,
         iterations,
@@ -187,3 +215,4 @@ def sart_refinement(
         after_pass=tv_steps(tv_steps_per_pass, tv_step_size) if tv_steps_per_pass > 0 else None,
         shell=shell,
     )
+    return Refinement(refined, share, None if shell is None else shell.grid)
