@@ -20,6 +20,9 @@ VARIANT_NOTES = {
     "ixgs-sart4": "the previous `cpu` default's training (800 steps) then 4 SART passes without TV steps",
     "ixgs-800it-6p": "the previous `cpu` default: 800 steps on half-resolution views, then 6 SART + TV passes",
     "ixgs-300it-12p": "the `cpu` default's settings given with `--set` before they became the default",
+    "ixgs-takenoff": "the `cpu` default before specimens kept their Gaussians' tails: its 12 SART + TV passes on the "
+    "views less the Gaussians around the ROI (1.3 % of the line integrals, the tails of the tissue at the box faces), "
+    "which left the border dark",
     "ixgs-passes": "the `cpu` default before the truncated-patient shell: its 12 SART + TV passes on the ROI's grid "
     "with the Gaussians around it taken off the views (80 % of the line integrals): voxels at grazing rays blow up",
     "ixgs-nopasses": "the `cpu` default's Gaussians alone (the passes left out for a truncated patient, the rule "

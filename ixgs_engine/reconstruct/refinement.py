@@ -9,9 +9,10 @@ residual, so it corrects what the projections measure and keeps what they do not
 Gaussians. SART alone also brings back some of its streaks and noise; the TV steps after each
 pass, sized by how much that pass changed the volume, take them out again
 (``benchmarks/results/real_ct.md`` has the numbers). Measured there too, and worth knowing:
-the same passes started from zero (the benchmark's ``asdpocs`` control) reach the CPU
-preset's quality in a fifth of its time, so on a CPU budget the Gaussians mostly serve as a
-start for these passes.
+the same passes started from zero (the benchmark's ``asdpocs`` control) end 0.1-0.5 dB below
+the CPU preset on every specimen case, in a fifth to a half of its time: on a CPU budget the
+Gaussians mostly serve as a start for these passes, and, for a truncated patient, as the
+estimate of what lies around the ROI.
 
 Rays through the ROI may also cross what lies around it. A specimen's views see nothing
 beyond its box, yet the model's domain reaches past the ROI, and the Gaussians there are the
