@@ -88,7 +88,7 @@ def test_sart_passes_bring_a_blurred_volume_closer_to_the_truth_and_the_views(sc
     assert sart_refinement(start, inside_only, data, get_backend("torch"), 0, 0.8).volume is start
 
 
-def test_gaussians_inside_the_roi_are_not_taken_off_the_views(data):
+def test_gaussians_inside_the_roi_do_not_count_as_its_surroundings(data):
     inside = _gaussians(data, np.array([[0.2, -0.3, 0.1], [-0.5, 0.5, 0.0]]), 0.1, 2.0)
     assert not surroundings_projections(inside, data, get_backend("torch")).any()
 

@@ -57,7 +57,7 @@ from ixgs_engine.reconstruct.data import TrainingData
 from ixgs_engine.reconstruct.voxelize import voxelize_volume
 from ixgs_engine.render.backend import RenderBackend
 from ixgs_engine.render.splats import centred_in
-from ixgs_engine.volume import Volume, VolumeGrid
+from ixgs_engine.volume import Volume
 
 VIEWS_PER_RENDER = 4  # bounds the render's memory at full resolution
 # The TV's smoothing of |grad x| near 0, relative to the volume's largest value: small enough to
@@ -146,21 +146,22 @@ def surroundings_shell(
 @dataclass(frozen=True)
 class Refinement:
     """What the passes wrote, and what they found around the ROI: the share of the views' line
-    integrals the Gaussians around it carry (None without passes) and the shell's grid when one
-    was solved (a truncated patient)."""
+    integrals the Gaussians around it carry (None without passes) and the shell solved with it
+    (a truncated patient)."""
 
     volume: Volume
     surroundings_share: float | None = None
-    shell: VolumeGrid | None = None
+    shell: Shell | None = None
 
     def record(self) -> dict:
-        """For ``summary.json``: the share, and the shell's voxels (x, y, z) and size (mm) or None."""
+        """For ``summary.json``: the share, and the shell's voxels (x, y, z), size (mm) and
+        passes, or None."""
         shell = None
         if self.shell is not None:
             shell = {
-                "voxels": [int(n) for n in self.shell.shape[::-1]],
-                "voxel_mm": round(float(np.max(self.shell.spacing)), 3),
-                "passes": SHELL_PASSES,
+                "voxels": [int(n) for n in self.shell.grid.shape[::-1]],
+                "voxel_mm": round(float(np.max(self.shell.grid.spacing)), 3),
+                "passes": self.shell.passes,
             }
         share = None if self.surroundings_share is None else round(self.surroundings_share, 4)
         return {"surroundings_share": share, "shell": shell}
@@ -216,4 +217,4 @@ def sart_refinement(
         after_pass=tv_steps(tv_steps_per_pass, tv_step_size) if tv_steps_per_pass > 0 else None,
         shell=shell,
     )
-    return Refinement(refined, share, None if shell is None else shell.grid)
+    return Refinement(refined, share, shell)
