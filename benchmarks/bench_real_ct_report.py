@@ -114,11 +114,13 @@ def _control_lines(results: dict[str, dict[str, dict]], cases: tuple[str, ...]) 
         where = (
             f"reaches it after pass {reached['iteration']} ({reached['seconds']:.0f} s, SSIM {reached['ssim']:.3f})"
             if reached
-            else f"does not reach it in {len(control['curve'])} passes ({control['psnr_db']:.2f} dB)"
+            else f"does not reach it in {len(control['curve'])} passes "
+            f"({control['psnr_db']:.2f} dB / {control['ssim']:.3f} in {control['seconds']:.0f} s)"
         )
+        grid = "x".join(str(n) for n in control["settings"]["grid"])
         lines.append(
             f"- {CASE_TITLES.get(case, case)}: IXGS writes {ixgs['psnr_db']:.2f} dB / {ixgs['ssim']:.3f} in "
-            f"{ixgs['seconds']:.0f} s; the ASD-POCS control from zero {where}.\n"
+            f"{ixgs['seconds']:.0f} s; the ASD-POCS control from zero (on a {grid} grid) {where}.\n"
         )
     return ["\nIXGS against the same SART + TV passes without the Gaussians (`asdpocs`):\n", *lines] if lines else []
 
