@@ -81,7 +81,7 @@ TV = {"gamma_tv": 0.001, "iterations": 10, "cg_iterations": 4, "tv_iterations": 
 # The control for IXGS's last stage: the same SART + TV passes (ours, reconstruct/refinement.py)
 # from a zero volume instead of the Gaussians, scored after every pass (scoring kept out of the times).
 ASD_POCS = {"passes": 12, "relaxation": 0.8, "tv_steps": 10, "tv_step": 0.2}
-# Not run: TV in situ reconstructs the 2.5x grown grid (15x the voxels), about 25 min on 2 cores.
+# Not run: TV in situ would reconstruct the 2.5x grown grid (15x the voxels; ASD-POCS took 47 min there on 2 cores).
 SKIPPED = {("insitu", "tv")}
 BORDER_VOXELS = 4
 # In situ the baselines reconstruct the box grown by this factor (same voxel size) and keep the
