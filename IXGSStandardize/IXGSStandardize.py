@@ -9,7 +9,6 @@ folder of raw/target pairs, with progress and Cancel. Preview, apply and trainin
 import os
 import pathlib
 import sys
-import tempfile
 import time
 from typing import Annotated
 
@@ -17,19 +16,20 @@ import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule
 
-try:
-    import IXGSReconstructionLib  # noqa: F401  (next to this module in an installed extension)
-except ImportError:  # developer mode: the modules are sibling folders of the source checkout
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "IXGSReconstruction"))
+MODULE_FOLDER = os.path.dirname(os.path.abspath(__file__))
+# IXGSCommonLib lies beside this file in an installed extension, in ../IXGSCommon in the source tree.
+_COMMON = os.path.join(os.path.dirname(MODULE_FOLDER), "IXGSCommon")
+if os.path.isdir(_COMMON) and _COMMON not in sys.path:
+    sys.path.insert(0, _COMMON)
 
-from IXGSReconstructionLib import dependencies  # noqa: E402
+from IXGSCommonLib import dependencies  # noqa: E402
 
-ENGINE_PARENT = dependencies.make_engine_importable(os.path.dirname(os.path.abspath(__file__)))
+ENGINE_PARENT = dependencies.make_engine_importable(MODULE_FOLDER)
 
-from IXGSReconstructionLib import engine_process, mrml_bridge  # noqa: E402
-from IXGSReconstructionLib.scripted_module import EngineModuleLogic, EngineModuleWidget, is_set  # noqa: E402
+from IXGSCommonLib import engine_process, mrml_bridge  # noqa: E402
+from IXGSCommonLib.scripted_module import EngineModuleLogic, EngineModuleWidget, is_set, self_tests  # noqa: E402
 
 RAW_NODE_NAME = "IXGS raw X-ray"
 STANDARDIZED_NODE_NAME = "IXGS standardized X-ray"
@@ -64,13 +64,17 @@ class IXGSStandardizeParameterNode:
 
 
 class IXGSStandardizeWidget(EngineModuleWidget):
+    """The module's panel; ``logic`` (an ``IXGSStandardizeLogic`` or any object with its job
+    methods) may be given, Slicer gives none."""
+
     def setup(self) -> None:
         EngineModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/IXGSStandardize.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = IXGSStandardizeLogic()
+        if self.logic is None:
+            self.logic = IXGSStandardizeLogic()
         self.ui.previewButton.connect("clicked(bool)", self.onPreview)
         self.ui.applyButton.connect("clicked(bool)", self.onApply)
         self.ui.trainButton.connect("clicked(bool)", self.onTrain)
@@ -181,69 +185,9 @@ class IXGSStandardizeLogic(EngineModuleLogic):
 
     @staticmethod
     def useForReconstruction(scanFolder) -> None:
-        """Make a standardized scan the input of IXGS Reconstruction."""
-        from IXGSReconstruction import IXGSReconstructionLogic
+        """Make a standardized scan the input of IXGS Reconstruction (through Slicer's module
+        registry: this module does not import the other)."""
+        slicer.util.getModuleLogic("IXGSReconstruction").getParameterNode().scanFolder = pathlib.Path(scanFolder)
 
-        IXGSReconstructionLogic().getParameterNode().scanFolder = pathlib.Path(scanFolder)
 
-
-class IXGSStandardizeTest(ScriptedLoadableModuleTest):
-    """Self-tests. ``test_commands`` needs nothing but Slicer and always runs; where the engine's
-    dependencies (torch, ...) are installed, ``test_train_preview_and_apply`` makes a few
-    simulated pairs, trains a tiny model and previews and applies it through the Logic's jobs."""
-
-    def setUp(self):
-        slicer.mrmlScene.Clear()
-
-    def runTest(self):
-        self.setUp()
-        self.test_commands()
-        if dependencies.is_importable("torch"):
-            self.setUp()
-            self.test_train_preview_and_apply()
-        else:
-            self.delayDisplay("The engine's dependencies are not installed: the training test is skipped")
-
-    def test_commands(self):
-        """The Logic's command lines are the engine's (no engine process, no torch)."""
-        logic = IXGSStandardizeLogic()
-        parameters = logic.getParameterNode()
-        self.assertEqual(parameters.trainConfig, "light")
-        arguments = engine_process.standardize_preview_arguments("m.pt", "scan", 2, "out.tif")
-        self.assertEqual(arguments[:2], ["standardize", "preview"])
-        self.assertEqual(arguments[arguments.index("--view") + 1], "2")
-
-    def runAndWait(self, start):
-        outcome = {}
-        job = start(onFinished=lambda ok, message: outcome.update(ok=ok, message=message))
-        job.wait()
-        self.assertTrue(outcome.get("ok"), outcome.get("message"))
-
-    def test_train_preview_and_apply(self):
-        import numpy as np
-
-        from ixgs_engine.io.scan import read_scan
-        from ixgs_engine.simulate import simulate_phantom_scan
-        from ixgs_engine.standardize.pairs import make_simulated_pairs, phantom_variant
-        from IXGSReconstructionLib.engine_jobs import SubprocessJob
-
-        self.delayDisplay("Training a tiny standardization model, previewing and applying it")
-        folder = pathlib.Path(tempfile.mkdtemp(prefix="ixgs-standardize-"))
-        logic = IXGSStandardizeLogic(runner=SubprocessJob)
-        make_simulated_pairs(folder / "pairs", [("spine", phantom_variant(32, 0, 0.1))], 4, 0, 32, 8.0)
-        parameters = logic.getParameterNode()
-        parameters.pairsFolder, parameters.trainModelFile, parameters.trainSteps = folder / "pairs", folder / "m.pt", 2
-        self.runAndWait(logic.trainModel)
-        self.assertEqual(pathlib.Path(parameters.modelFile), folder / "m.pt")
-        simulate_phantom_scan(folder / "scan", "spine", 24, 8.0, 3, 32, 8.0)
-        parameters.scanFolder, parameters.previewView = folder / "scan", 1
-        self.runAndWait(logic.preview)
-        raw, standardized = (slicer.mrmlScene.GetFirstNodeByName(n) for n in (RAW_NODE_NAME, STANDARDIZED_NODE_NAME))
-        self.assertIsNotNone(raw)
-        self.assertEqual(raw.GetImageData().GetDimensions(), standardized.GetImageData().GetDimensions())
-        parameters.outputScanFolder = folder / "standardized"
-        self.runAndWait(logic.applyModel)
-        source, result = read_scan(folder / "scan"), read_scan(folder / "standardized")
-        self.assertEqual(len(result.views), 3)
-        np.testing.assert_allclose(result.matrices, source.matrices)
-        self.delayDisplay("Test passed")
+IXGSStandardizeTest = self_tests(MODULE_FOLDER, "IXGSStandardizeTest")

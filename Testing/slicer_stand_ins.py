@@ -8,6 +8,7 @@ volume rendering logic, and an empty ``qt`` (the modules import it; the Logic do
 
 from __future__ import annotations
 
+import importlib
 import pathlib
 import sys
 import types
@@ -121,6 +122,10 @@ def install(monkeypatch, temporary: pathlib.Path) -> None:
     modules = types.SimpleNamespace(volumerendering=types.SimpleNamespace(logic=lambda: volume_rendering))
     monkeypatch.setattr(slicer, "modules", modules, raising=False)
     monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda *args, **kwargs: None)
+    # Slicer's registry of loaded modules: a module's Logic by its name (here: made from its file).
+    monkeypatch.setattr(
+        slicer.util, "getModuleLogic", lambda name: getattr(importlib.import_module(name), f"{name}Logic")()
+    )
     stand_ins = {
         "qt": _module("qt"),
         "slicer.i18n": _module("slicer.i18n", tr=lambda text: text, translate=lambda context, text: text),
@@ -144,5 +149,7 @@ def install(monkeypatch, temporary: pathlib.Path) -> None:
         monkeypatch.setitem(sys.modules, name, module)
         if name.startswith("slicer."):
             monkeypatch.setattr(slicer, name.split(".", 1)[1], module, raising=False)
-    for name in ("IXGSReconstruction", "IXGSStandardize", "IXGSReconstructionLib.scripted_module"):
+    for name in [n for n in sys.modules if n.startswith(("IXGSReconstruction", "IXGSStandardize"))] + [
+        "IXGSCommonLib.scripted_module"
+    ]:
         monkeypatch.delitem(sys.modules, name, raising=False)  # imported again over the stand-ins

@@ -150,7 +150,7 @@ def test_view_selection():
     assert choose_views("1,3", 6, []) == ([1, 3], "listed")
     with pytest.raises(IXGSError, match="held out no views"):
         choose_views("heldout", 4, [])
-    with pytest.raises(IXGSError, match="--views"):
+    with pytest.raises(IXGSError, match="`views` takes heldout"):
         choose_views("x", 4, [])
 
 

@@ -176,7 +176,7 @@ def test_batch_on_a_dask_local_cluster(scans, tmp_path):
 
 def test_runner_local_order_and_errors(tmp_path):
     assert list(run_tasks(abs, {"a": -1, "b": 2})) == [("a", 1), ("b", 2)]
-    with pytest.raises(IXGSError, match="--cluster must be"):
+    with pytest.raises(IXGSError, match="`cluster` must be"):
         list(run_tasks(abs, {"a": 1}, "http://nowhere"))
     if shutil.which("ray") is None:
         try:

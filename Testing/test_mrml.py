@@ -1,4 +1,4 @@
-"""The MRML side of the Slicer modules (IXGSReconstructionLib.mrml_bridge) with real MRML
+"""The MRML side of the Slicer modules (IXGSCommonLib.mrml_bridge) with real MRML
 classes from the ``slicer-core`` package: volume geometry against Slicer's own NRRD reader,
 markups to detector pixels, ROI nodes, realignment transforms and hardening, display settings."""
 
@@ -15,7 +15,7 @@ from ixgs_engine.geometry.anatomical import lps_to_ras_points, lps_to_ras_transf
 from ixgs_engine.geometry.roi import ROI  # noqa: E402
 from ixgs_engine.io.volumes import write_volume  # noqa: E402
 from ixgs_engine.volume import Volume  # noqa: E402
-from IXGSReconstructionLib import mrml_bridge  # noqa: E402
+from IXGSCommonLib import mrml_bridge  # noqa: E402
 
 OBLIQUE = Rotation.from_euler("zyx", [30.0, 10.0, -20.0], degrees=True).as_matrix()
 

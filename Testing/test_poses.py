@@ -378,7 +378,7 @@ def test_bad_inputs_give_clear_messages(bead_scan, tmp_path, capsys):
     )
     assert "not a bead phantom" in capsys.readouterr().err
     assert main(["poses", "estimate", str(folder / "scan"), "--phantom", phantom_file, "-o", str(folder / "scan")]) == 2
-    assert "is the input scan folder" in capsys.readouterr().err
+    assert "is the scan folder" in capsys.readouterr().err
     (tmp_path / "points.json").write_text(json.dumps({"views": {"7": [{"u": 1, "v": 2}]}}))
     with pytest.raises(IXGSError, match="view '7' is not a view index"):
         read_points(tmp_path / "points.json", 3, phantom.count)

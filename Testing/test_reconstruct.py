@@ -89,7 +89,7 @@ def test_cancel_saves_a_checkpoint_that_resumes(tiny_data, tmp_path: Path):
         return calls["n"] > 5
 
     backend = get_backend("torch")
-    with pytest.raises(ReconstructionCancelled, match="cancelled at iteration 5; resume with --resume"):
+    with pytest.raises(ReconstructionCancelled, match="cancelled at iteration 5; resume with `resume`"):
         Trainer(tiny_data, TINY, backend, tmp_path, should_cancel=cancel_after_five).run()
     assert (tmp_path / "checkpoint.pt").exists()
     result = Trainer(tiny_data, TINY, backend, tmp_path).run(resume=True)
@@ -98,7 +98,7 @@ def test_cancel_saves_a_checkpoint_that_resumes(tiny_data, tmp_path: Path):
 
 def test_checkpoint_problems_are_reported(tiny_data, tmp_path: Path):
     backend = get_backend("torch")
-    with pytest.raises(IXGSError, match="--resume: no checkpoint in"):
+    with pytest.raises(IXGSError, match="`resume`: no checkpoint in"):
         Trainer(tiny_data, TINY, backend, tmp_path).run(resume=True)
     (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
     with pytest.raises(IXGSError, match="cannot read the checkpoint .*delete it to start over"):
@@ -158,7 +158,7 @@ def test_reconstruct_reports_a_bad_scan(tmp_path: Path, capsys):
 
 
 def test_reconstruct_resume_without_checkpoint(tiny_scan, tmp_path: Path):
-    with pytest.raises(IXGSError, match="--resume: no checkpoint in"):
+    with pytest.raises(IXGSError, match="`resume`: no checkpoint in"):
         reconstruct_scan(tiny_scan[0], tmp_path, TINY, "cpu", resume=True)
 
 

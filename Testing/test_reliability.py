@@ -22,6 +22,7 @@ import torch
 from tiny_settings import TINY
 
 from ixgs_engine.cli import main
+from ixgs_engine.errors import IXGSError
 from ixgs_engine.io.scan import load_projections, read_scan
 from ixgs_engine.io.volumes import read_volume, write_volume
 from ixgs_engine.reconstruct import pipeline
@@ -87,7 +88,7 @@ def test_a_signal_inside_a_step_checkpoints_that_step_and_resume_reproduces_the_
     backend = get_backend("torch")
     whole = Trainer(tiny_data, TINY, backend, tmp_path / "whole").run()
     # The first render is the density calibration of the start; render 13 is inside step 12.
-    with pytest.raises(ReconstructionCancelled, match="at iteration 12; resume with --resume") as stopped:
+    with pytest.raises(ReconstructionCancelled, match="at iteration 12; resume with `resume`") as stopped:
         Trainer(tiny_data, TINY, SignalInsideRender(backend, 13, signum), tmp_path / "cut").run()
     assert stopped.value.exit_code == code
     assert len(read_log(tmp_path / "cut")) == 12
@@ -123,10 +124,46 @@ def test_a_cancel_file_stops_the_run_and_resume_finishes_it_identically(tiny_sca
     assert "cancelled at iteration 0" in capsys.readouterr().err
     # Started again without --resume: refused, with the way to continue.
     assert main(["reconstruct", str(tiny_scan[0]), "-o", str(out), *RUN]) == 2
-    assert "holds an unfinished run; continue it with --resume" in capsys.readouterr().err
+    assert "holds an unfinished run; continue it (--resume)" in capsys.readouterr().err
     cancel.unlink()
     assert main(["reconstruct", str(tiny_scan[0]), "-o", str(out), *RUN, "--resume", "--cancel-file", str(cancel)]) == 0
     assert np.array_equal(read_volume(out / "volume.nrrd").array, read_volume(uninterrupted / "volume.nrrd").array)
+
+
+def _files_under(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_no_tool_writes_its_run_into_the_scan_it_reads(tiny_scan, tmp_path, capsys):
+    scan = tmp_path / "scan"
+    shutil.copytree(tiny_scan[0], scan)
+    before = _files_under(scan)
+    for command in (
+        ["reconstruct", str(scan), "-o", str(scan), *RUN],
+        ["reconstruct", str(scan / "scan.json"), "-o", str(scan / "."), *RUN, "--overwrite"],
+        ["baseline", "sart", str(scan), "-o", str(scan)],
+    ):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "is the scan folder" in err and "give another folder" in err, err
+        assert str(scan.parent / "scan-run") in err  # a folder beside it is suggested
+    assert _files_under(scan) == before  # not a file added, changed or removed
+
+
+def test_library_messages_name_parameters_and_the_cli_words_them_as_flags(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    scan = tmp_path / "scan"
+    simulate_phantom_scan(scan, "spine", 24, 8.0, 3, 40, 8.0)
+    with pytest.raises(IXGSError, match="`resume`: no checkpoint in .*; run without `resume` to start"):
+        pipeline.reconstruct_scan(scan, out, TINY, "cpu", resume=True)
+    assert main(["reconstruct", str(scan), "-o", str(out), *RUN, "--resume"]) == 2
+    assert "--resume: no checkpoint in" in capsys.readouterr().err
+    with pytest.raises(IXGSError, match="`voxel_size` must be a positive number of mm"):
+        pipeline.reconstruct_scan(scan, tmp_path / "other", TINY, "cpu", voxel_size=float("nan"))
+    # A front end (IXGS_PROGRESS=jsonl) gets the parameters' names, to word them as its controls.
+    monkeypatch.setenv("IXGS_PROGRESS", "jsonl")
+    assert main(["reconstruct", str(scan), "-o", str(out), *RUN, "--resume"]) == 2
+    assert "`resume`: no checkpoint in" in capsys.readouterr().err
 
 
 def test_a_finished_run_is_not_replaced_without_overwrite(tiny_scan, uninterrupted, tmp_path, capsys):
@@ -135,7 +172,7 @@ def test_a_finished_run_is_not_replaced_without_overwrite(tiny_scan, uninterrupt
     before = (out / "volume.nrrd").read_bytes()
     assert main(["reconstruct", str(tiny_scan[0]), "-o", str(out), *RUN]) == 2
     err = capsys.readouterr().err
-    assert "holds a finished run; pass --overwrite" in err and len(err.strip().splitlines()) == 1
+    assert "holds a finished run: replace it (--overwrite)" in err and len(err.strip().splitlines()) == 1
     assert (out / "volume.nrrd").read_bytes() == before
     # --resume keeps the checkpoint's settings and says which given ones it ignores; more
     # --iterations extend the run.

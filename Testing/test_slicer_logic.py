@@ -19,8 +19,8 @@ import slicer_stand_ins  # noqa: E402
 from ixgs_engine.io.scan import read_scan  # noqa: E402
 from ixgs_engine.reconstruct.run_files import has_checkpoint, read_log  # noqa: E402
 from ixgs_engine.simulate import simulate_phantom_scan  # noqa: E402
-from IXGSReconstructionLib import engine_process, mrml_bridge  # noqa: E402
-from IXGSReconstructionLib.engine_jobs import CANCELLED, SubprocessJob  # noqa: E402
+from IXGSCommonLib import engine_process, mrml_bridge  # noqa: E402
+from IXGSCommonLib.engine_jobs import CANCELLED, SubprocessJob  # noqa: E402
 
 ENGINE_OPTIONS = ["--gaussians", "300", "--voxel-size", "8", "--seed", "1"]
 
@@ -132,7 +132,8 @@ def test_a_failed_job_reports_the_engines_one_line_error(modules, tmp_path):
     run = Recorder()
     run.start(logic.reconstruct).wait(300)
     assert run.finished[0] is False
-    assert "--resume: no checkpoint in" in run.finished[1] and parameters.volume is None
+    assert 'the "Resume" option: no checkpoint in' in run.finished[1] and parameters.volume is None
+    assert "--resume" not in run.finished[1]  # the engine names parameters, the module words them
 
 
 def test_standardize_logic_trains_previews_and_applies_through_its_jobs(modules, tmp_path):

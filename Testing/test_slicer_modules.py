@@ -1,9 +1,11 @@
 """The Slicer extension without Slicer: module files compile, .ui files parse and match the code
 and the parameter nodes, CMake lists every script and resource, and the GUI-free helpers of
-IXGSReconstructionLib (engine processes, dependencies, scan assembly, POINTS_JSON) work against
-the real engine."""
+IXGSCommonLib and IXGSReconstructionLib (engine processes, dependencies, scan assembly,
+POINTS_JSON) work against the real engine; the modules share IXGSCommonLib and neither imports
+the other; IXGS Reconstruction's widget asks of its Logic only what the declared interface has."""
 
 import ast
+import inspect
 import json
 import py_compile
 import re
@@ -24,7 +26,8 @@ from ixgs_engine.geometry.roi import ROI
 from ixgs_engine.io.scan import load_projections, read_scan, write_scan
 from ixgs_engine.io.xray_images import write_xray_image
 from ixgs_engine.poses.detection import read_points
-from IXGSReconstructionLib import dependencies, engine_process, points_file, scan_files  # on the path: conftest.py
+from IXGSCommonLib import dependencies, engine_process  # on the path: conftest.py
+from IXGSReconstructionLib import points_file, scan_files
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ("IXGSReconstruction", "IXGSStandardize")
@@ -117,7 +120,7 @@ def test_ui_file_parses_and_matches_the_widget_and_parameter_node(module):
         for w in widgets.values()
         if w.find("property[@name='SlicerParameterName']") is not None
     }
-    source = (ROOT / module / f"{module}.py").read_text()
+    source = "\n".join(path.read_text() for path in module_python_files(module))
     fields = parameter_node_fields(source)
     assert bound <= fields, f"widgets bound to unknown parameters: {bound - fields}"
     missing = ui_widget_names(source) - set(widgets)
@@ -134,30 +137,126 @@ def test_ui_file_parses_and_matches_the_widget_and_parameter_node(module):
         assert icon.size == (128, 128)
 
 
+def test_preset_names_are_the_engine_s_defined_once():
+    """The engine defines the presets and their one-line summaries; the module's parameter node
+    offers those names and its widget shows those summaries (the .ui lists none of its own)."""
+    from ixgs_engine.reconstruct.config import DEFAULT_PRESET, PRESET_SUMMARIES, PRESETS
+
+    assert set(PRESET_SUMMARIES) == {DEFAULT_PRESET, *PRESETS}
+    lib = ROOT / "IXGSReconstruction" / "IXGSReconstructionLib"
+    assert "Choice(PRESET_CHOICES)" in (lib / "parameters.py").read_text()
+    assert "PRESET_SUMMARIES.items()" in (lib / "widget.py").read_text()
+    for ui in ROOT.glob("IXGS*/Resources/UI/*.ui"):
+        assert not any(f"{name}:" in ui.read_text() for name in PRESETS if name != "cpu"), ui
+
+
+LIBRARIES = {"IXGSCommonLib": ROOT / "IXGSCommon", "IXGSReconstructionLib": ROOT / "IXGSReconstruction"}
+GUI_ONLY = {"qt", "slicer", "vtk", "ctk"}  # Slicer's own: present wherever the modules load
+
+
+def _library_file(name: str) -> Path | None:
+    """The file of a module of the modules' libraries (``IXGSCommonLib.engine_jobs``), or None."""
+    package, _, rest = name.partition(".")
+    if package not in LIBRARIES:
+        return None
+    path = LIBRARIES[package] / package / (rest.replace(".", "/") + ".py" if rest else "__init__.py")
+    return path if path.is_file() else None
+
+
+def _load_time_imports(path: Path, seen: set[Path]) -> set[str]:
+    """What importing ``path`` imports at module level, following the modules' own libraries."""
+    seen.add(path)
+    found: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        for name in names:
+            library = _library_file(name)
+            if library is not None:
+                if library not in seen:
+                    found |= _load_time_imports(library, seen)
+            elif name.split(".")[0] not in GUI_ONLY and not name.startswith(tuple(LIBRARIES)):
+                found.add(name)
+    return found
+
+
 def test_module_level_imports_need_only_what_slicer_bundles():
-    """The modules must load in a fresh Slicer, before the engine's other dependencies are installed."""
+    """The modules must load in a fresh Slicer, before the engine's other dependencies are
+    installed: whatever their files (and the libraries they import) import at load time must
+    import without torch, scipy, tifffile, ... (Slicer's own GUI modules aside)."""
+    needed: set[str] = set()
+    for module in MODULES:
+        needed |= _load_time_imports(ROOT / module / f"{module}.py", set())
+    engine = sorted(name for name in needed if name.startswith("ixgs_engine"))
+    assert "ixgs_engine.reconstruct.config" in engine, "the walk must follow the libraries"
     missing = {"torch", "scipy", "tifffile", "PIL", "tqdm", "pylibjpeg", "pytorch_msssim"}
     blocker = (
-        "import sys\n"
+        "import importlib, sys\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         f"        if name.split('.')[0] in {missing!r}:\n"
         "            raise ImportError('not installed in a fresh Slicer: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        f"sys.path.insert(0, {str(ROOT / 'IXGSReconstruction')!r})\n"
-        "from IXGSReconstructionLib import dependencies, engine_process, mrml_bridge, points_file\n"
+        f"sys.path[:0] = {[str(folder) for folder in LIBRARIES.values()]!r}\n"
+        f"for name in {sorted(needed)!r}:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ModuleNotFoundError as error:\n"
+        "        if error.name != name:  # a name imported from a module (a class, a function) is not a module\n"
+        "            raise\n"
     )
     completed = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr[-2000:]
-    for module in MODULES:
-        tree = ast.parse((ROOT / module / f"{module}.py").read_text())
-        top_level = {
-            alias.name
-            for node in tree.body
-            if isinstance(node, ast.ImportFrom) and node.module == "IXGSReconstructionLib"
-            for alias in node.names
-        }
-        assert top_level <= {"dependencies", "engine_process", "mrml_bridge", "points_file"}, top_level
+
+
+def test_the_modules_share_a_neutral_library_and_neither_imports_the_other():
+    for module, other in (MODULES, MODULES[::-1]):
+        files = [ROOT / module / f"{module}.py", *module_python_files(module)]
+        for path in files:
+            imported = {n for n in _load_time_imports(path, set())} | {
+                node.module or "" for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)
+            }
+            assert not any(name == other or name.startswith(f"{other}Lib") for name in imported), (path, other)
+
+
+def test_the_reconstruction_widget_asks_its_logic_only_what_the_interface_declares():
+    from IXGSReconstructionLib.logic_interface import ReconstructionLogic
+
+    declared = {name for name in vars(ReconstructionLogic) if not name.startswith("_")}
+    asked = set()
+    for path in (
+        ROOT / "IXGSReconstruction" / "IXGSReconstructionLib" / "widget.py",
+        LIBRARIES["IXGSCommonLib"] / "IXGSCommonLib" / "scripted_module.py",
+    ):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "logic"
+                and isinstance(node.value.value, ast.Name)
+                and node.value.value.id == "self"
+            ):
+                asked.add(node.attr)
+    assert {"reconstruct", "loadScan", "cancelJob"} <= asked, "the walk must see the widget's calls"
+    assert sorted(asked - declared) == []
+    # The Logic implements all of it, with the parameters the interface names.
+    logic_source = (ROOT / "IXGSReconstruction" / "IXGSReconstructionLib" / "logic.py").read_text()
+    logic_methods = {
+        node.name: [a.arg for a in node.args.args]
+        for node in ast.walk(ast.parse(logic_source))
+        if isinstance(node, ast.FunctionDef)
+    }
+    base_methods = {"getParameterNode", "isJobRunning", "cancelJob"}  # EngineModuleLogic's (scripted_module)
+    for name in declared:
+        interface_arguments = list(inspect.signature(getattr(ReconstructionLogic, name)).parameters)[1:]
+        if name in logic_methods:
+            assert [a for a in logic_methods[name] if a != "self"] == interface_arguments, name
+        else:
+            assert name in base_methods, name
 
 
 def test_engine_process_reads_progress_and_summary_of_a_real_run(tmp_path):
@@ -241,7 +340,10 @@ def test_cancel_through_the_modules_command_then_resume_gives_the_uninterrupted_
             break
     _, rest = process.communicate(timeout=300)
     assert process.returncode == 130, rest.decode()[-2000:]
-    assert "resume with --resume" in rest.decode()
+    reader.feed(rest)
+    reader.finish()
+    assert "resume with `resume`" in rest.decode()  # the engine names its parameter; the module words it
+    assert 'resume with the "Resume" option' in reader.last_message()
     cancel.unlink()  # as the module's job does before it starts the next run
     resumed = subprocess.run(
         engine_process.engine_command(arguments("cut", resume=True)), env=environment, capture_output=True, timeout=300

@@ -7,9 +7,8 @@ HU become attenuation (1/mm, water at 70 keV); the truth is a 128³ box at 1 mm 
 projected by **RTK's** Joseph forward projector (never ours: the inverse crime) on a 192² panel
 of 1.6 mm pixels:
 
-- ``10`` / ``25`` / ``50``: arbitrary C-arm poses (primary within ±100°, secondary ±30°,
-  isocentre jitter ±5 mm, source-isocentre 650–750 mm, source-detector 1000–1200 mm) of the
-  box alone (a specimen);
+- ``10`` / ``25`` / ``50``: arbitrary C-arm poses (primary ±100°, secondary ±30°, isocentre
+  ±5 mm, source-isocentre 650–750 mm, source-detector 1000–1200 mm) of the box alone;
 - ``circular``: a 50-view circular orbit (360°) of the box alone;
 - ``insitu``: the 25 poses of ``25`` seeing the **whole chest** (every ray also crosses anatomy
   outside the box, and the panel truncates the chest), ROI = the box.
@@ -18,13 +17,13 @@ Methods, each on the same views and the truth's grid: ``ixgs`` (``ixgs reconstru
 default preset, or ``--preset`` / ``--set``; its quality-vs-time curve is scored at intervals,
 scoring kept out of the times), ``sart`` (RTK SART, 20 iterations), ``tv`` (RTK's
 TV-regularized conjugate gradient; RTK's ADMM-TV fails on these stacks, see ``TV``), ``fdk``
-(RTK FDK, circular orbit only), ``asdpocs`` (the SART + TV passes IXGS ends with, ours, from a zero
-volume: what those passes give without the Gaussians). Scores: 3-D PSNR / SSIM as ``ixgs evaluate`` (whole box,
-and without a 4-voxel border, to show frames at the faces), wall seconds, threads, device.
+(RTK FDK, circular orbit only), ``asdpocs`` (IXGS's final SART + TV passes from a zero volume).
+Scores: 3-D PSNR / SSIM as ``ixgs evaluate`` (whole box, and without a 4-voxel border, to show
+frames at the faces), wall seconds, threads, device.
 
 Each (case, method) result is kept in ``--workdir`` (default ``out/bench-real-ct``), so a
-second call only runs what is missing; ``--report`` writes the table (markdown + JSON) and the
-quality-vs-time plot to ``benchmarks/results/``.
+second call only runs what is missing; ``--report`` writes the table, JSON and plot to
+``benchmarks/results/``.
 
     python benchmarks/bench_real_ct.py --cases 25 --methods sart tv ixgs
     python benchmarks/bench_real_ct.py --report

@@ -43,6 +43,11 @@ CASE_TITLES = {
     "insitu": "in situ: 25 views of the whole chest",
 }
 
+STUDIES_LINE = (
+    "The prototype studies behind the final SART + TV passes (`reconstruct/refinement.py`) are in "
+    "[refinement_studies.md](refinement_studies.md)."
+)
+
 
 def load_results(workdir: Path, cases: tuple[str, ...]) -> dict[str, dict[str, dict]]:
     """``{case: {method: result}}`` for every result file in the work folder."""
@@ -96,6 +101,7 @@ def write_report(workdir: Path, output: Path, cases: tuple[str, ...]) -> None:
     if variants:
         lines.append("\nVariants:\n" + "".join(f"- `{name}`: {VARIANT_NOTES[name]}\n" for name in variants))
     lines += _control_lines(results, cases)
+    lines.append(f"\n{STUDIES_LINE}\n")
     (output / "real_ct.md").write_text("".join(lines))
     (output / f"real_ct-{stamp}.json").write_text(json.dumps(results, indent=1) + "\n")
     _plot(results, cases, output / f"real_ct-{stamp}.png")

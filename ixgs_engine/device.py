@@ -1,4 +1,4 @@
-"""Choosing the compute device from a user's ``--device auto|cpu|cuda``, and the host memory
+"""Choosing the compute device from a user's ``device`` (auto, cpu or cuda), and the host memory
 a job may use (checked before long work, so a too-large job is refused with the numbers
 instead of dying with a MemoryError at the end)."""
 
@@ -16,7 +16,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise IXGSError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu or auto")
+        raise IXGSError("`device` cuda was asked for but PyTorch sees no CUDA GPU; use `device` cpu or auto")
     return torch.device(name)
 
 

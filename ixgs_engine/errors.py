@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 _OS_ERROR_FIXES = {
@@ -30,7 +32,21 @@ def write_error_fix(error: BaseException) -> str:
 
 
 class IXGSError(Exception):
-    """Base class of every error the engine reports to a user."""
+    """Base class of every error the engine reports to a user.
+
+    A message names the library's parameters, not a front end's controls: a parameter stands
+    in backticks (``pass `overwrite` to replace it``), and each front end says it in its own
+    words with :func:`name_parameters` (the command line as a flag, a module as its control's label)."""
+
+
+_PARAMETER = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def name_parameters(message: str, names: Mapping[str, str]) -> str:
+    """``message`` with each parameter it names replaced by what a front end calls it
+    (``names``: parameter -> flag or control label); a parameter ``names`` lacks keeps its own
+    name, without the backticks."""
+    return _PARAMETER.sub(lambda found: names.get(found[1], found[1]), message)
 
 
 class ImageReadError(IXGSError):

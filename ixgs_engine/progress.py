@@ -70,10 +70,16 @@ def _terminal_bar(description: str, unit: str) -> ProgressCallback:
     return update
 
 
+def for_front_end() -> bool:
+    """True when a front end (the Slicer modules) reads this process's output: progress as JSON
+    lines, and messages that name the library's parameters for it to word (``IXGSError``)."""
+    return os.environ.get(PROGRESS_FORMAT_VARIABLE, "").lower() == "jsonl"
+
+
 def progress_bar(description: str, unit: str = "view", stage: bool = False) -> ProgressCallback:
     """A ``(done, total[, info])`` callback: a terminal bar on stderr, or JSON lines when
     ``IXGS_PROGRESS=jsonl``. ``info`` (e.g. a training log entry) adds the loss and similar values.
     ``stage``: a preparatory stage (JSON key ``stage``, see above)."""
-    if os.environ.get(PROGRESS_FORMAT_VARIABLE, "").lower() == "jsonl":
+    if for_front_end():
         return _json_lines(description, "stage" if stage else "progress")
     return _terminal_bar(description, unit)

@@ -1,4 +1,3 @@
-"""Parts of the IXGS Slicer modules that work without the GUI: the engine processes and their
-output, dependency installation, scan assembly, POINTS_JSON files, and the MRML bridge (VTK and
-MRML classes only, tested with slicer-core). ``qt_process`` (engine jobs in a QProcess) and
-``scripted_module`` (widget and logic bases both modules share) need Slicer's GUI."""
+"""IXGS Reconstruction's own parts: its parameter node, the Logic (behind the interface the
+widget is given), the widget, and what needs no GUI (scan assembly from image files, POINTS_JSON
+files)."""

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 from ixgs_engine import __version__
 from ixgs_engine.cli import evaluate, experiments, poses, reconstruct, scan, standardize
-from ixgs_engine.cli.options import Parser
-from ixgs_engine.errors import IXGSError, os_error_fix
+from ixgs_engine.cli.options import Parser, option_names
+from ixgs_engine.errors import IXGSError, name_parameters, os_error_fix
+from ixgs_engine.progress import for_front_end
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,16 +65,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     cancelled or interrupted run says how to continue and exits 130 (143 for SIGTERM)."""
     from ixgs_engine.reconstruct.trainer import ReconstructionCancelled
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     _show_log_lines()
     prefix = f"ixgs {args.command}"
+
+    def worded(error: Exception) -> str:
+        """The library's message, its parameters as this command's flags (a front end words them itself)."""
+        return str(error) if for_front_end() else name_parameters(str(error), option_names(parser, args))
+
     try:
         return int(args.run(args))
     except ReconstructionCancelled as stopped:
-        print(f"{prefix}: {stopped}", file=sys.stderr)
+        print(f"{prefix}: {worded(stopped)}", file=sys.stderr)
         return stopped.exit_code
     except IXGSError as error:
-        print(f"{prefix}: error: {error}", file=sys.stderr)
+        print(f"{prefix}: error: {worded(error)}", file=sys.stderr)
         return 2
     except OSError as error:
         print(f"{prefix}: error: {_os_error_line(error)}", file=sys.stderr)

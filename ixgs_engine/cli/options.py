@@ -20,6 +20,37 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+# Library parameters whose command-line option has another name (the rest share theirs).
+_OPTION_OF_PARAMETER = {
+    "scan_dir": "scan",
+    "reference_path": "reference",
+    "resume_iterations": "iterations",
+}
+
+
+def option_names(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """Library parameter -> the option that sets it (``voxel_size`` -> ``--voxel-size``), for
+    wording the library's messages as flags. The options of the command that ran come first,
+    then those of every other command (a message may point to another command's option)."""
+    chain: dict[str, str] = {}
+    everywhere: dict[str, str] = {}
+
+    def walk(current: argparse.ArgumentParser, on_chain: bool) -> None:
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = getattr(args, action.dest, None)
+                for name, sub in action.choices.items():
+                    walk(sub, on_chain and name == chosen)
+            elif action.option_strings:
+                flag = max(action.option_strings, key=len)
+                (chain if on_chain else everywhere).setdefault(action.dest, flag)
+
+    walk(parser, True)
+    names = {**everywhere, **chain}
+    names.update({parameter: names[option] for parameter, option in _OPTION_OF_PARAMETER.items() if option in names})
+    return names
+
+
 def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
@@ -69,15 +100,14 @@ def not_negative(text: str) -> float:
 
 def add_reconstruct_options(parser: argparse.ArgumentParser, default_preset: str) -> None:
     """Options shared by ``reconstruct`` and ``demo``."""
-    from ixgs_engine.reconstruct.config import DEFAULT_PRESET, PRESETS
+    from ixgs_engine.reconstruct.config import PRESET_SUMMARIES
 
     parser.add_argument(
         "--preset",
-        choices=(DEFAULT_PRESET, *PRESETS),
+        choices=tuple(PRESET_SUMMARIES),
         default=default_preset,
-        help=f"settings bundle (default {default_preset}): auto = cpu on a CPU and default on a "
-        "CUDA GPU; cpu = minutes on a CPU (tuned on a real CT); default = R2-Gaussian's recipe; "
-        "quality = SART start + 2 views a step; fast = the demo's, a few minutes",
+        help=f"settings bundle (default {default_preset}): "
+        + "; ".join(f"{name} = {text}" for name, text in PRESET_SUMMARIES.items()),
     )
     parser.add_argument("--iterations", type=count, help="optimization steps (overrides the preset)")
     parser.add_argument(

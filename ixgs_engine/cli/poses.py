@@ -10,7 +10,7 @@ from pathlib import Path
 from ixgs_engine.cli.options import count, finite, positive
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.io import atomic_output
-from ixgs_engine.io.scan import SCAN_FILE, load_view_pixels, read_scan, write_scan
+from ixgs_engine.io.scan import SCAN_FILE, check_output_apart, load_view_pixels, read_scan, write_scan
 from ixgs_engine.progress import progress_bar
 
 REPORT_FILE = "poses_report.json"
@@ -126,8 +126,7 @@ def _prepare(args):
     scan = read_scan(args.scan, require_poses=False)
     phantom = read_phantom(args.phantom)
     output = Path(args.output)
-    if output.resolve() == scan.folder.resolve():
-        raise IXGSError(f"{output} is the input scan folder; write to a new folder (inputs are never modified)")
+    check_output_apart(output, scan.folder, "the poses' outputs")
     points = read_points(args.points, len(scan.views), phantom.count) if args.points else {}
     if args.no_auto and not points:
         raise IXGSError("--no-auto needs --points (manual points)")

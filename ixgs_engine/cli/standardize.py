@@ -10,6 +10,7 @@ import numpy as np
 from ixgs_engine.cli.options import count, finite, index, positive
 from ixgs_engine.device import resolve_device
 from ixgs_engine.errors import IXGSError
+from ixgs_engine.io.scan import check_output_apart
 from ixgs_engine.progress import progress_bar
 from ixgs_engine.standardize.model import CONFIGS, get_config
 from ixgs_engine.standardize.pairs import DEFAULT_BONE_WEIGHT, PAIRS_FILE
@@ -193,6 +194,7 @@ def _run_apply(args) -> int:
     from ixgs_engine.standardize.inference import standardize_scan
 
     started = time.perf_counter()
+    check_output_apart(args.output, args.scan, "the standardized scan")
     if (Path(args.output) / "scan.json").exists() and not args.overwrite:
         raise IXGSError(f"{args.output} already holds a scan; pass --overwrite to replace it or choose another folder")
     path, views = standardize_scan(args.model, args.scan, args.output, args.device, progress_bar("standardizing"))

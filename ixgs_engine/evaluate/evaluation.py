@@ -50,7 +50,7 @@ class Reconstruction:
         path = run_files.scan_path(self.run_dir, self.summary)
         if path is not None and not path.is_dir():
             where = self.run_dir / run_files.SUMMARY_FILE
-            raise IXGSError(f"the run's scan folder {path} (from {where}) is not found; give --scan")
+            raise IXGSError(f"the run's scan folder {path} (from {where}) is not found; give `scan_dir`")
         return path
 
     @property
@@ -89,12 +89,12 @@ def volume_metrics(volume: Volume, reference: Volume, bone_hu: float = DEFAULT_B
     if not float(np.max(pair.reference.array)) > 0:
         raise IXGSError(
             "the reference has no positive attenuation where the volumes overlap; check the reference "
-            "and --reference-units"
+            "and `reference_units`"
         )
     try:
         bone = surface_metrics(pair.test, pair.reference, threshold).to_dict()
     except ValueError as error:  # no reference voxel at or above the bone threshold
-        raise IXGSError(f"{error} ({bone_hu:g} HU); lower --bone-hu or check --reference-units") from None
+        raise IXGSError(f"{error} ({bone_hu:g} HU); lower `bone_hu` or check `reference_units`") from None
     return {
         "psnr_3d_db": psnr_3d(pair.test, pair.reference),
         "ssim_3d": ssim_3d(pair.test, pair.reference),
@@ -113,7 +113,7 @@ def choose_views(selection: str | Sequence[int] | None, count: int, heldout: Seq
         selection = "heldout" if heldout else "all"
     if selection == "heldout":
         if not heldout:
-            raise IXGSError("the run held out no views; reconstruct with --holdout-every K, or evaluate --views all")
+            raise IXGSError("the run held out no views; reconstruct with `holdout_every` K, or evaluate `views` all")
         return list(heldout), "heldout"
     if selection == "all":
         return list(range(count)), "all"
@@ -124,7 +124,7 @@ def choose_views(selection: str | Sequence[int] | None, count: int, heldout: Seq
             return [int(v) for v in selection.split(",") if v.strip()], "listed"
         except ValueError:
             raise IXGSError(
-                f"--views takes heldout, training, all or comma-separated indices, got {selection!r}"
+                f"`views` takes heldout, training, all or comma-separated indices, got {selection!r}"
             ) from None
     return [int(v) for v in selection], "listed"
 
@@ -161,7 +161,9 @@ def evaluate_reconstruction(
     if reference_path is None and scan_dir is not None:
         reference_path = scan_reference_path(scan_dir)
     if reference_path is None and scan_dir is None:
-        raise IXGSError("nothing to compare with: give --reference (a CT or volume) and/or --scan (the X-rays)")
+        raise IXGSError(
+            "nothing to compare with: give `reference_path` (a CT or volume) and/or `scan_dir` (the X-rays)"
+        )
     metrics: dict = {"volume": str(recon.volume_path)}
     evaluation = Evaluation(metrics)
     if reference_path is not None:

@@ -1,7 +1,7 @@
 """2-D agreement of a volume with a scan's X-rays: re-render the volume at chosen views with
 the voxel projector and score each rendering against the measured line integrals.
 
-Views held out from training (recorded by ``ixgs reconstruct --holdout-every``) measure how
+Views held out from training (recorded by a reconstruction with ``holdout_every``) measure how
 well the volume predicts X-rays it has not seen; training views measure the fit.
 """
 
@@ -68,7 +68,7 @@ def compare_views(
     blank = [v for v, image in zip(chosen, measured, strict=True) if not float(image.max()) > 0]
     if blank:
         raise IXGSError(
-            f"views {blank} have no positive line integral (no object in the X-ray); leave them out with --views"
+            f"views {blank} have no positive line integral (no object in the X-ray); leave them out with `views`"
         )
     rendered = render_line_integrals(volume, projections.matrices[chosen], projections.image_shape, device, progress)
     return ViewComparison(chosen, measured, rendered, psnr_2d(rendered, measured), ssim_2d(rendered, measured))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.geometry.roi import roi_grid
-from ixgs_engine.io.scan import load_projections, read_scan
+from ixgs_engine.io.scan import check_output_apart, load_projections, read_scan
 from ixgs_engine.io.volumes import write_volume
 from ixgs_engine.reconstruct import run_files
 from ixgs_engine.reconstruct.data import detector_voxel_size
@@ -32,6 +32,7 @@ def run_baseline(
     if method not in METHODS:
         raise IXGSError(f"unknown baseline {method!r}; choose {' or '.join(METHODS)}")
     started = time.perf_counter()
+    check_output_apart(output_dir, scan_dir, "the baseline")
     projections = load_projections(read_scan(scan_dir))
     voxel = voxel_size if voxel_size is not None else detector_voxel_size(projections.matrices, projections.roi)
     grid = roi_grid(projections.roi, voxel)

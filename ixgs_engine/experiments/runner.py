@@ -4,7 +4,7 @@ atomically after every finished task, so an interrupted run resumes where it sto
 
 Ray and Dask are optional: they are imported only when a cluster address is given. With a
 CUDA device each Ray task asks for one GPU; Dask tasks ask for the resource ``GPU=1``, so
-start the Dask workers with ``--resources GPU=1`` (one per GPU).
+each Dask worker must declare that resource (one worker per GPU).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.io import atomic_output
 
-RAY_HINT = "Ray is not installed; pip install 'ray[default]' (or run without --cluster)"
-DASK_HINT = "Dask is not installed; pip install 'dask[distributed]' (or run without --cluster)"
+RAY_HINT = "Ray is not installed; pip install 'ray[default]' (or run without `cluster`)"
+DASK_HINT = "Dask is not installed; pip install 'dask[distributed]' (or run without `cluster`)"
 
 
 def run_tasks(
@@ -37,7 +37,7 @@ def run_tasks(
         yield from _run_dask(function, tasks, cluster, use_gpu)
     else:
         raise IXGSError(
-            f"--cluster must be ray://HOST:PORT, ray:auto or tcp://HOST:PORT (a Dask scheduler), got {cluster!r}"
+            f"`cluster` must be ray://HOST:PORT, ray:auto or tcp://HOST:PORT (a Dask scheduler), got {cluster!r}"
         )
 
 

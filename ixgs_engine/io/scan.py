@@ -106,6 +106,18 @@ def _scan_json_path(path: str | Path) -> Path:
     return path
 
 
+def check_output_apart(output_dir: str | Path, scan_dir: str | Path, what: str = "the run") -> None:
+    """Refuse an output folder that is the scan folder being read: a tool's outputs never mix
+    with its input (a scan's folder holds only the scan)."""
+    scan_folder = Path(scan_dir)
+    scan_folder = scan_folder.parent if scan_folder.name == SCAN_FILE else scan_folder
+    if Path(output_dir).resolve() == scan_folder.resolve():
+        raise ScanError(
+            f"the output folder {output_dir} is the scan folder {scan_dir} itself; IXGS never writes into "
+            f"the scan it reads: give another folder for {what} (e.g. {scan_folder.resolve().parent / (scan_folder.resolve().name + '-run')})"
+        )
+
+
 def _number_list(value, length: int, what: str, view: int | None = None, image: str | None = None) -> list[float]:
     try:
         numbers = [float(x) for x in value]

@@ -114,7 +114,7 @@ def radius_range_px(
     if pixel is None:
         raise IXGSError(
             f"view {index} ({scan.views[index].image}): no pixel spacing in scan.json or in the phantom's "
-            "intrinsics, so the bead size in pixels is unknown; add pixel_spacing or pass --bead-radius-px"
+            "intrinsics, so the bead size in pixels is unknown; add pixel_spacing or pass `bead_radius_px`"
         )
     low = max(float(phantom.diameters.min()) / 2 * MAGNIFICATION_RANGE[0] / pixel, 0.7)
     return low, max(float(phantom.diameters.max()) / 2 * MAGNIFICATION_RANGE[1] / pixel, low)
@@ -146,15 +146,15 @@ def detection_problem(found: list[Detection], phantom: BeadPhantom) -> str:
     minimum = MIN_MATCHED_KNOWN_INTRINSICS if phantom.intrinsics else MIN_MATCHED_DLT
     if not found:
         return (
-            "no beads found: check that --phantom is the phantom in the images, the image kind in "
+            "no beads found: check that `phantom` is the phantom in the images, the image kind in "
             "scan.json (beads must look bright in line integrals) and the pixel spacing; or place points "
-            "by hand (--points)"
+            "by hand (`points`)"
         )
     if len(found) < minimum:
         return (
             f"only {len(found)} beads found; a pose needs at least {minimum} "
             f"({'known intrinsics' if phantom.intrinsics else 'no intrinsics in the phantom file: DLT'}); "
-            "add manual points (--points)"
+            "add manual points (`points`)"
         )
     return ""
 
@@ -189,7 +189,7 @@ def estimate_view(scan: Scan, phantom: BeadPhantom, found: ViewDetections, shape
         pose.message = (
             f"could not match the {len(found.detections)} detections to the phantom's beads "
             f"({0 if match is None else len(match.pairs)} consistent pairs, {minimum} needed): is it the "
-            'right phantom file? add labelled manual points (--points with "bead")'
+            'right phantom file? add labelled manual points (`points` with "bead")'
         )
         return pose
     pose.pairs = match.pairs

@@ -32,14 +32,14 @@ def output_grid(roi: ROI, voxel_size: float) -> VolumeGrid:
     """The output volume's grid, checked before any long work: a finite positive voxel size,
     and a volume that fits in this machine's memory (refused with the numbers otherwise)."""
     if not (math.isfinite(voxel_size) and voxel_size > 0):
-        raise IXGSError(f"--voxel-size must be a positive number of mm, got {voxel_size}")
+        raise IXGSError(f"`voxel_size` must be a positive number of mm, got {voxel_size}")
     grid = roi_grid(roi, voxel_size)
     nz, ny, nx = grid.shape
     check_memory(
         math.prod(grid.shape) * BYTES_PER_OUTPUT_VOXEL,
         f"the output volume ({nx}x{ny}x{nz} voxels of {voxel_size:.3g} mm, ROI "
         f"{' x '.join(f'{s:.0f}' for s in roi.size)} mm)",
-        "give a larger --voxel-size or a smaller ROI",
+        "give a larger `voxel_size` or a smaller ROI",
     )
     return grid
 

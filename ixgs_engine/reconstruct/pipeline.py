@@ -13,7 +13,7 @@ from pathlib import Path
 from ixgs_engine.device import resolve_device
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.interrupts import EXIT_CODES, InterruptRequest, deferred_interrupts
-from ixgs_engine.io.scan import load_projections, read_scan
+from ixgs_engine.io.scan import check_output_apart, load_projections, read_scan
 from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.reconstruct import run_files
 from ixgs_engine.reconstruct.config import ReconstructionConfig
@@ -59,29 +59,27 @@ class ReconstructionSummary:
 
 def check_output_folder(output_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to replace a run without ``overwrite``: a finished run (summary.json) or an
-    unfinished one (a checkpoint, then ``--resume`` is suggested). The folder is created here,
+    unfinished one (a checkpoint, then resuming it is suggested). The folder is created here,
     so a path under a file or in a read-only place fails before the long work."""
     if output_dir.exists() and not output_dir.is_dir():
-        raise IXGSError(f"-o {output_dir} is a file; give a folder for the run")
+        raise IXGSError(f"the output folder {output_dir} is a file; give a folder for the run")
     output_dir.mkdir(parents=True, exist_ok=True)
     if resume or overwrite:
         return
     if (output_dir / run_files.SUMMARY_FILE).is_file():
         raise IXGSError(
-            f"{output_dir} holds a finished run; pass --overwrite to replace it, --resume with more "
-            "--iterations to continue it, or choose another folder"
+            f"{output_dir} holds a finished run: replace it (`overwrite`), continue it with more iterations "
+            "(`resume` with `resume_iterations`), or choose another folder"
         )
     if run_files.has_checkpoint(output_dir):
-        raise IXGSError(
-            f"{output_dir} holds an unfinished run; continue it with --resume, or pass --overwrite to start over"
-        )
+        raise IXGSError(f"{output_dir} holds an unfinished run; continue it (`resume`), or start over (`overwrite`)")
 
 
 def resumed_config(output_dir: Path, iterations: int | None) -> ReconstructionConfig:
     """The checkpoint's settings, with ``iterations`` (more than were done) to extend the run;
     the learning rates then follow the schedule of the new total from the resumed step."""
     if not run_files.has_checkpoint(output_dir):
-        raise IXGSError(f"--resume: no checkpoint in {output_dir}; run without --resume to start")
+        raise IXGSError(f"`resume`: no checkpoint in {output_dir}; run without `resume` to start")
     state = run_files.load_checkpoint(output_dir)
     try:
         stored = ReconstructionConfig.from_dict(state["config"])
@@ -93,7 +91,7 @@ def resumed_config(output_dir: Path, iterations: int | None) -> ReconstructionCo
         return stored
     done = int(state["iteration"])
     if iterations < done:
-        raise IXGSError(f"--iterations {iterations}: the run in {output_dir} has already done {done}; give more")
+        raise IXGSError(f"`resume_iterations` {iterations}: the run in {output_dir} has already done {done}; give more")
     return replace(stored, iterations=iterations)
 
 
@@ -109,7 +107,7 @@ def _stop_check(
         if cancelled or interrupt.requested:
             how = f"interrupted ({interrupt.name})" if interrupt.requested else "cancelled"
             raise ReconstructionCancelled(
-                f"{how} after the training, before the volume was written; resume with --resume to write it "
+                f"{how} after the training, before the volume was written; resume with `resume` to write it "
                 f"(the training is saved in {output_dir})",
                 EXIT_CODES.get(interrupt.signal, 130),
             )
@@ -163,9 +161,10 @@ def reconstruct_scan(
     the estimated run time, and kept in the summary."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
+    check_output_apart(output_dir, scan_dir)
     check_output_folder(output_dir, resume, overwrite)
     if threshold is not None and not math.isfinite(threshold):
-        raise IXGSError(f"--threshold must be a finite attenuation in 1/mm, got {threshold}")
+        raise IXGSError(f"`threshold` must be a finite attenuation in 1/mm, got {threshold}")
     if resume:
         config = resumed_config(output_dir, resume_iterations)
     projections = load_projections(read_scan(scan_dir))

@@ -1,53 +1,20 @@
 """The last stage of a reconstruction: SART passes, each followed by a few total-variation
 descent steps (ASD-POCS, Sidky & Pan 2008), started from the voxelized Gaussians.
 
-The Gaussians regularize: where the views leave the volume free, they stay smooth and
-plausible instead of carrying SART's streaks. On a CPU budget they also blur detail the views
-do determine (measured on DRRs of a real chest CT: vertebral endplates, trabeculae). SART
-started from their volume restores that part: each pass adds a back projection of the
-residual, so it corrects what the projections measure and keeps what they do not see from the
-Gaussians. SART alone also brings back some of its streaks and noise; the TV steps after each
-pass, sized by how much that pass changed the volume, take them out again
-(``benchmarks/results/real_ct.md`` has the numbers). Measured there too, and worth knowing:
-the same passes started from zero (the benchmark's ``asdpocs`` control) end 0.1-0.5 dB below
-the CPU preset on every specimen case, in a fifth to a half of its time: on a CPU budget the
-Gaussians mostly serve as a start for these passes. For a truncated patient they are also the
-estimate of what lies around the ROI: in situ the control, which must solve the 2.5 times
-wider grid at 1 mm, ends 0.19 dB below (SSIM 0.008 above) in 5.4 times the preset's time.
+Why: a short training leaves the Gaussians smooth where the views leave the volume free, but it
+also blurs detail the views do determine. Each SART pass back-projects the residual, so it
+restores what the projections measure and keeps the rest from the Gaussians; the TV steps after
+each pass, sized by that pass's change, take SART's streaks out again.
 
-Rays through the ROI may also cross what lies around it. A specimen's views see nothing
-beyond its box, yet the model's domain reaches past the ROI, and the Gaussians there are the
-tails of the tissue at its faces: 1.3 % of the views' line integrals on the real-CT benchmark's
-specimens. They are not taken off the views: the ROI's border voxels must explain those line
-integrals themselves. Measured on the 25-view case from the same trained Gaussians: 12 passes on
-the views as they are, 35.75 dB / SSIM 0.928 (interior 35.30); with the Gaussians around the ROI
-taken off the views first (the rule before), 34.98 / 0.924 (interior 35.14), the border left
-dark; with the shell below, 33.61 / 0.900 (it takes the faces' tissue into 4 mm voxels).
-
-A truncated patient is the other case: when much of each line integral lies outside the ROI
-(the box inside a chest), the passes on the ROI alone pile it into the ROI's voxels, and the
-Gaussians' estimate of it taken off the views lands its error there, worst on rays that graze
-a face (a short path through the ROI carries a long path's error). Measured on the real-CT
-benchmark's in-situ case (80 % of the line integrals outside the box): 12 passes on the views
-less that estimate took the box from 26.77 dB (the Gaussians) to -0.28 dB, with voxels at 3600
-times the densest tissue; a floor of 8 mm under each ray's length still gave 22.89 dB. So
-above ``TRUNCATED_SHARE`` the passes solve a coarse shell around the ROI too
-(``projector.sart.Shell``, about 4 mm voxels over the model's domain, started from the Gaussians
-around the ROI): each ray's residual is spread over its whole path, and what lies outside is
-fitted where it is. The shell is solved in the first ``SHELL_PASSES`` passes and then held.
-Measured on the same case: the ``cpu`` preset's 12 passes with the shell took the box from
-26.77 dB / SSIM 0.723 to 28.35 / 0.795 (RTK SART-20 on a grid 2.5 times as wide: 26.89 /
-0.759). Found while choosing, after 6 passes: shell held after 2, 28.17 / 0.789; solved in all
-6, 28.24 / 0.792 with each of the last 4 passes a third longer; 8 mm shell voxels, 27.71 / 0.778.
-
-What limits that box is the estimate of its surroundings, not the passes nor the shell's
-voxels (a prototype on the same case and trained Gaussians, the surroundings' true line
-integrals being the in-situ views less the specimen's, taken at the same poses): with the true
-surroundings taken off the views, the same 12 passes on the ROI give 35.56 dB (interior 35.10);
-the shell's estimate of them on rays through the ROI is off by 3.4 % (the Gaussians' alone by
-4.1 %), and the truth plus a quarter or a half of that error already leaves the interior at
-30.71 or 29.39 dB. A 2 mm shell (8 times the voxels) fits them no better (3.2 %) and gives the
-same 28.35 dB (interior 28.55) in a quarter more time.
+What lies around the ROI decides where the passes run. A specimen's Gaussians just outside its
+box are the tails of the tissue at its faces: they stay in the views, and the border voxels
+explain them. When the Gaussians around the ROI carry more than ``TRUNCATED_SHARE`` of the
+views' line integrals (a truncated patient, the box inside a body), the ROI alone would pile
+the rest of the patient into its voxels, worst along rays that graze a face; there a coarse
+shell over the model's domain (``projector.sart.Shell``, started from the Gaussians around the
+ROI) is solved alongside in the first ``SHELL_PASSES`` passes and then held, so each ray's
+residual is spread over its whole path. The measurements behind these choices are in
+``benchmarks/results/refinement_studies.md``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The files of a run folder, in one place: their names, and how each is read and written.
 
 A run folder (``ixgs reconstruct -o RUN``, ``ixgs baseline``) holds ``checkpoint.pt`` (the
-training state, for ``--resume``), ``log.jsonl`` (one JSON object per step), ``summary.json``
+training state, for a resumed run), ``log.jsonl`` (one JSON object per step), ``summary.json``
 (what the run did and which files it wrote) and the outputs it names (``volume.<fmt>``,
 ``gaussians.npz``, ``label.<fmt>``).
 

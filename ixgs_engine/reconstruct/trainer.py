@@ -248,7 +248,7 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             if not run_files.has_checkpoint(self.output_dir):
-                raise IXGSError(f"--resume: no checkpoint in {self.output_dir}; run without --resume to start")
+                raise IXGSError(f"`resume`: no checkpoint in {self.output_dir}; run without `resume` to start")
             self._load_checkpoint()
         else:
             self._fresh_state()
@@ -264,7 +264,7 @@ class Trainer:
                         checkpoint = self.save_checkpoint()
                         how = f"interrupted ({interrupt.name})" if interrupt.requested else "cancelled"
                         raise ReconstructionCancelled(
-                            f"{how} at iteration {self.iteration}; resume with --resume (of {total} iterations; "
+                            f"{how} at iteration {self.iteration}; resume with `resume` (of {total} iterations; "
                             f"state saved in {checkpoint})",
                             EXIT_CODES.get(interrupt.signal, 130),
                         )

@@ -153,7 +153,7 @@ def run_ablation(
         last = settings.seed + settings.train_variants - 1
         raise IXGSError(
             f"the test phantom's seed ({settings.test_seed}) must differ from the training variants' "
-            f"seeds ({settings.seed}..{last}); choose another --seed"
+            f"seeds ({settings.seed}..{last}); choose another `seed`"
         )
     if model_path is None:
         model_path = train_ablation_model(work_dir, settings, device, progress)

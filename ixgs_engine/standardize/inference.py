@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ixgs_engine.device import resolve_device
-from ixgs_engine.errors import IXGSError
-from ixgs_engine.io.scan import load_view_pixels, read_scan, write_scan
+from ixgs_engine.io.scan import check_output_apart, load_view_pixels, read_scan, write_scan
 from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.standardize.model import StandardizationModel, load_model
 
@@ -36,8 +35,7 @@ def standardize_scan(
     model = load_model(model_path, resolve_device(device))
     scan = read_scan(scan_dir)
     output_dir = Path(output_dir)
-    if output_dir.resolve() == scan.folder.resolve():
-        raise IXGSError(f"{output_dir}: the output folder must differ from the input scan (inputs are never modified)")
+    check_output_apart(output_dir, scan.folder, "the standardized scan")
     images = []
     for index in range(len(scan.views)):
         images.append(model.standardize(load_view_pixels(scan, index)[None])[0])

@@ -236,7 +236,7 @@ class Pix2PixTrainer:
             raise
         except Exception as error:
             raise IXGSError(
-                f"{path}: cannot resume from this checkpoint ({_reason(error)}); delete it and train without --resume"
+                f"{path}: cannot resume from this checkpoint ({_reason(error)}); delete it and train without `resume`"
             ) from None
         return trainer
 
@@ -275,19 +275,19 @@ def train_model(
     folder = model_path.parent
     checkpoint = folder / CHECKPOINT_FILE
     if steps is not None and steps < 1:  # before anything is read or the old log is deleted
-        raise IXGSError("--steps must be at least 1")
+        raise IXGSError("`steps` must be at least 1")
     pairs = read_pairs(pairs_dir)
     torch_device = resolve_device(device)
     if resume:
         if not checkpoint.is_file():
-            raise IXGSError(f"--resume: no {CHECKPOINT_FILE} in {folder}; run without --resume to start")
+            raise IXGSError(f"`resume`: no {CHECKPOINT_FILE} in {folder}; run without `resume` to start")
         trainer = Pix2PixTrainer.from_checkpoint(checkpoint, pairs, torch_device)
     else:
         trainer = Pix2PixTrainer(config, pairs, torch_device, seed)
         (folder / LOG_FILE).unlink(missing_ok=True)
     total = steps if steps is not None else trainer.config.steps
     if total < 1:
-        raise IXGSError("--steps must be at least 1")
+        raise IXGSError("`steps` must be at least 1")
     folder.mkdir(parents=True, exist_ok=True)
     losses: list[float] = []
     validation = {"val_l1": float("nan"), "val_psnr": float("nan")}

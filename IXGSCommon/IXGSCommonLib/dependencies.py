@@ -120,9 +120,20 @@ def engine_parent_folder(module_folder: str | Path) -> Path | None:
     return None
 
 
+_ENGINE_FOLDERS: dict[Path, Path | None] = {}
+
+
 def make_engine_importable(module_folder: str | Path) -> Path | None:
     """Put the engine's folder on sys.path unless ``ixgs_engine`` is importable already (pip
-    installed); returns the folder added (also needed on the engine processes' PYTHONPATH)."""
+    installed); returns the folder added (also needed on the engine processes' PYTHONPATH), the
+    same on every call for one module folder (a module file and its Logic both ask)."""
+    key = Path(module_folder).resolve()
+    if key not in _ENGINE_FOLDERS:
+        _ENGINE_FOLDERS[key] = _engine_on_path(key)
+    return _ENGINE_FOLDERS[key]
+
+
+def _engine_on_path(module_folder: Path) -> Path | None:
     if is_importable("ixgs_engine"):
         return None
     parent = engine_parent_folder(module_folder)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import qt
 
-from IXGSReconstructionLib.engine_jobs import EngineJobBase
+from IXGSCommonLib.engine_jobs import EngineJobBase
 
 KILL_AFTER_MS = 60000
 """How long a cancelled engine has to finish its step and write its checkpoint before it is killed."""

@@ -15,7 +15,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Sequence
 
-from IXGSReconstructionLib.engine_process import (
+from IXGSCommonLib.engine_process import (
     OutputReader,
     ProgressEvent,
     cancel_file_in,

@@ -5,6 +5,8 @@ Each module keeps the template's classes (Module, ParameterNode, Widget, Logic, 
 and Logic derive from the bases here and add only what is particular to the module.
 """
 
+import importlib.util
+import os
 import pathlib
 import time
 
@@ -14,8 +16,8 @@ from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic, ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
-from IXGSReconstructionLib import engine_process
-from IXGSReconstructionLib.engine_jobs import CANCELLED
+from IXGSCommonLib import engine_process
+from IXGSCommonLib.engine_jobs import CANCELLED
 
 
 def is_set(path) -> bool:
@@ -23,9 +25,22 @@ def is_set(path) -> bool:
     return path is not None and str(path) not in ("", ".")
 
 
+def self_tests(module_folder: str, name: str) -> type:
+    """The ``ScriptedLoadableModuleTest`` class ``name`` of a module's self-tests, from the file
+    ``Testing/<name>.py`` beside the module (loaded by path: each module's Testing/ holds its own
+    file, so no package of that name is shared between modules)."""
+    path = os.path.join(module_folder, "Testing", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"the self-tests {path} cannot be loaded")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
 def qt_runner(*args, **kwargs):
     """The GUI's job runner: a QProcess, so Slicer stays responsive (imported on use: Qt)."""
-    from IXGSReconstructionLib.qt_process import EngineJob
+    from IXGSCommonLib.qt_process import EngineJob
 
     return EngineJob(*args, **kwargs)
 
@@ -33,16 +48,16 @@ def qt_runner(*args, **kwargs):
 class EngineModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Template widget of a module that runs engine commands.
 
-    A subclass's ``setup()`` loads its .ui (with ``logTextEdit``, ``progressBar`` and
-    ``cancelButton``), sets ``self.logic`` (an ``EngineModuleLogic``, which owns the jobs) and
-    calls :meth:`observeScene`; it defines ``_updateButtons()``, :meth:`statusLabel` and
-    :meth:`progressDetails`.
+    ``logic`` (an ``EngineModuleLogic``, which owns the jobs) may be given; a subclass's
+    ``setup()`` loads its .ui (with ``logTextEdit``, ``progressBar`` and ``cancelButton``), makes
+    the module's Logic when none was given and calls :meth:`observeScene`; it defines
+    ``_updateButtons()``, :meth:`statusLabel` and :meth:`progressDetails`.
     """
 
-    def __init__(self, parent=None) -> None:
+    def __init__(self, parent=None, logic=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None
+        self.logic = logic
         self._parameterNode = None
         self._parameterNodeGuiTag = None
 

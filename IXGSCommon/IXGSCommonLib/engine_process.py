@@ -17,7 +17,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ixgs_engine.errors import name_parameters
 from ixgs_engine.progress import PROGRESS_FORMAT_VARIABLE
+
+# What the modules call the engine's parameters that a message may name (the engine, reading
+# IXGS_PROGRESS=jsonl, leaves them to its front end); the rest are shown by their own names.
+CONTROL_LABELS = {
+    "resume": 'the "Resume" option',
+    "resume_iterations": '"Iterations"',
+    "iterations": '"Iterations"',
+    "device": '"Device"',
+    "preset": '"Preset"',
+    "voxel_size": "the voxel size",
+    "points": "points placed on the X-rays",
+    "phantom": '"Calibration phantom"',
+    "steps": '"Steps"',
+}
 
 
 def python_executable() -> str:
@@ -219,5 +234,6 @@ class OutputReader:
         return events, logs
 
     def last_message(self) -> str:
-        """The last plain line (the engine's summary or its one-line error), or ''."""
-        return self.log_lines[-1] if self.log_lines else ""
+        """The last plain line (the engine's summary or its one-line error, its parameters named
+        as the modules' controls), or ''."""
+        return name_parameters(self.log_lines[-1], CONTROL_LABELS) if self.log_lines else ""
