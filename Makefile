@@ -29,7 +29,7 @@ test: $(VENV)/.engine-test
 # resume, review, standardize), and reconstruct, cancel and resume of a tiny scan from the CLI.
 SLICER_510_VENV ?= .venv-slicer-5.10
 SLICER_510_TESTS = Testing/test_io_images.py Testing/test_io_volumes.py Testing/test_scan_format.py \
-	Testing/test_simulate_cli.py Testing/test_mrml.py Testing/test_slicer_modules.py Testing/test_slicer_logic.py \
+	Testing/test_simulate_cli.py Testing/test_mrml.py Testing/test_slicer_layout.py Testing/test_slicer_modules.py Testing/test_slicer_logic.py \
 	Testing/test_reliability.py::test_a_cancel_file_stops_the_run_and_resume_finishes_it_identically
 
 test-slicer-5.10:

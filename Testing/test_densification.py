@@ -41,10 +41,9 @@ def trained_model() -> tuple[GaussianModel, torch.optim.Adam]:
 
 
 def strategy(**settings) -> DensificationStrategy:
-    """A strategy due at every step with the trainer's thresholds (``ReconstructionConfig``'s
-    defaults), overridden by ``settings``."""
-    defaults = {"start": 1, "stop": 10, "interval": 1, "grad_threshold": 5e-5, "max_gaussians": 500_000}
-    return DensificationStrategy(**(defaults | {"min_density": 1e-5} | settings))
+    """A strategy due at every step with R^2-Gaussian's thresholds (the strategy's defaults),
+    overridden by ``settings``."""
+    return DensificationStrategy(**({"start": 1, "stop": 10, "interval": 1} | settings))
 
 
 def render_model(model: GaussianModel, matrices: torch.Tensor) -> torch.Tensor:
@@ -178,8 +177,8 @@ def test_densify_and_prune_keep_the_domain_and_refine_only_near_the_roi() -> Non
     grad[0, :20] = 1e-3 / IMAGE  # 20 hot
     statistics = GradientStatistics.zeros(model)
     statistics.add(grad, (IMAGE, IMAGE))
-    counts = strategy(scale_threshold=0.2, domain=(2.5, 2.5, 2.5), refined=(1.5, 1.5, 1.5)).refine(
-        model, statistics, optimizer, torch.Generator().manual_seed(1)
+    counts = strategy(scale_threshold=0.2).refine(
+        model, statistics, optimizer, torch.Generator().manual_seed(1), domain=(2.5, 2.5, 2.5), refined=(1.5, 1.5, 1.5)
     )
     assert counts["cloned"] + counts["split"] == 10 and counts["pruned"] == 10
     assert (model.positions[:, 0] == 1.8).sum() == 10  # kept, not refined

@@ -12,6 +12,7 @@ from tiny_settings import TINY
 
 from ixgs_engine.cli import main
 from ixgs_engine.errors import IXGSError
+from ixgs_engine.gaussians.densification import DensificationStrategy
 from ixgs_engine.geometry.carm import Detector, carm_projection_matrix
 from ixgs_engine.geometry.projection import project_points
 from ixgs_engine.geometry.roi import ROI
@@ -77,7 +78,12 @@ def test_same_seed_same_result_and_loss_goes_down(tiny_data, tmp_path: Path):
         other.model.positions, first.model.positions
     )
     # The phantom has air around it: no Gaussians outside the ROI, so 24 steps show the descent.
-    steady = Trainer(tiny_data, replace(TINY, densify_from=10_000, outside_share=0.0), backend, tmp_path / "d").run()
+    steady = Trainer(
+        tiny_data,
+        replace(TINY, densification=replace(TINY.densification, start=10_000), outside_share=0.0),
+        backend,
+        tmp_path / "d",
+    ).run()
     assert steady.history[-1]["l1"] < 0.9 * steady.history[0]["l1"]
 
 
@@ -173,6 +179,27 @@ def test_schedule_and_presets():
     with pytest.raises(ValueError, match="init must be 'random' or 'volume'"):
         ReconstructionConfig(init="fdk")
     assert ReconstructionConfig.from_dict(TINY.to_dict()) == TINY
+    assert ReconstructionConfig.from_dict(json.loads(json.dumps(preset("cpu").to_dict()))) == preset("cpu")
+
+
+def test_settings_nest_by_owner_and_earlier_flat_configs_still_read():
+    cpu = preset("cpu")
+    assert cpu.to_dict()["densification"]["start"] == 100 and cpu.to_dict()["final_passes"]["passes"] == 12
+    assert "densify_from" not in cpu.to_dict() and "final_sart_passes" not in cpu.to_dict()
+    # A checkpoint's config written before the settings nested (flat names) reads into the groups.
+    flat = {k: v for k, v in cpu.to_dict().items() if k not in ("densification", "final_passes")}
+    flat |= {"densify_from": 100, "densify_until": 250, "densify_interval": 50, "densify_grad_threshold": 5e-5}
+    flat |= {"max_gaussians": 100_000, "prune_min_density": 1e-5, "final_sart_passes": 12}
+    flat |= {"final_sart_relaxation": 0.8, "final_tv_steps": 10, "final_tv_step": 0.2}
+    assert ReconstructionConfig.from_dict(flat) == cpu
+    with pytest.raises(ValueError, match="unknown reconstruction settings: densify_sometimes"):
+        ReconstructionConfig.from_dict(flat | {"densify_sometimes": 1})
+    # Nested settings by their dotted names (the benchmarks' --set), top-level ones by theirs.
+    changed = preset("cpu", **{"final_passes.passes": 3, "densification.max_gaussians": 7, "seed": 5})
+    assert (changed.final_passes.passes, changed.densification.max_gaussians, changed.seed) == (3, 7, 5)
+    assert changed.densification.start == 100 and changed.final_passes.tv_steps == 10
+    with pytest.raises(ValueError, match="unknown settings group 'shading'"):
+        preset("cpu", **{"shading.gamma": 2})
 
 
 def test_downsampled_matrices_follow_block_averaged_pixels():
@@ -232,7 +259,7 @@ def test_sart_start_stays_physical_when_the_patient_is_larger_than_the_roi(tiny_
 
 
 def test_auto_preset_follows_the_device_and_domain_settings_are_checked():
-    from ixgs_engine.reconstruct.config import DEFAULT_PRESET, resolve_preset
+    from ixgs_engine.reconstruct.presets import DEFAULT_PRESET, resolve_preset
 
     assert DEFAULT_PRESET == "auto"
     assert resolve_preset("auto", torch.device("cpu")) == "cpu"
@@ -306,11 +333,8 @@ def test_gaussians_around_the_roi_carry_the_attenuation_outside_it(insitu_data, 
             preset("fast"),
             iterations=120,
             num_gaussians=3000,
-            max_gaussians=6000,
             init_grid_size=24,
-            densify_from=40,
-            densify_until=100,
-            densify_interval=30,
+            densification=DensificationStrategy(start=40, stop=100, interval=30, max_gaussians=6000),
             domain_scale=scale,
             refine_scale=min(1.5, scale),
             outside_share=0.0 if scale == 1.0 else 0.3,

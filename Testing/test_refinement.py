@@ -22,7 +22,7 @@ from ixgs_engine.io.volumes import read_volume
 from ixgs_engine.projector.joseph import JosephProjector
 from ixgs_engine.projector.sart import sart
 from ixgs_engine.reconstruct import pipeline, refinement
-from ixgs_engine.reconstruct.config import ReconstructionConfig
+from ixgs_engine.reconstruct.config import FinalPasses, ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData
 from ixgs_engine.reconstruct.refinement import (
     TRUNCATED_SHARE,
@@ -38,7 +38,7 @@ from ixgs_engine.render.backend import get_backend
 from ixgs_engine.simulate import simulate_phantom_scan
 from ixgs_engine.volume import Volume
 
-PASSES = replace(TINY, final_sart_passes=1)
+PASSES = replace(TINY, final_passes=FinalPasses(passes=1))
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +81,11 @@ def test_sart_passes_bring_a_blurred_volume_closer_to_the_truth_and_the_views(sc
     start = truth.with_array(gaussian_filter(truth.array, 1.5).astype(np.float32))
     inside_only = _gaussians(data, np.zeros((1, 3)), 0.05, 1.0)  # nothing around the ROI
     views = data.targets.numpy()
-    refined = sart_refinement(start, inside_only, data, get_backend("torch"), 3, 0.8).volume
+    refined = sart_refinement(start, inside_only, data, get_backend("torch"), FinalPasses(3, 0.8, tv_steps=0)).volume
     assert _same_grid(refined, start)
     assert psnr_3d(refined.array, truth) > psnr_3d(start.array, truth) + 1.0
     assert _residual(refined, views, data) < 0.5 * _residual(start, views, data)
-    assert sart_refinement(start, inside_only, data, get_backend("torch"), 0, 0.8).volume is start
+    assert sart_refinement(start, inside_only, data, get_backend("torch"), FinalPasses(0)).volume is start
 
 
 def test_gaussians_inside_the_roi_do_not_count_as_its_surroundings(data):
@@ -108,7 +108,7 @@ def test_a_specimens_gaussians_just_outside_its_faces_are_not_taken_off_the_view
     seen = surroundings_projections(tails, data, backend)
     share = seen.sum() / data.targets.numpy().sum()
     assert 0.01 < share < TRUNCATED_SHARE  # a specimen's share: no shell
-    refinement_run = sart_refinement(truth, tails, data, backend, 2, 0.8)
+    refinement_run = sart_refinement(truth, tails, data, backend, FinalPasses(2, 0.8, tv_steps=0))
     assert refinement_run.shell is None and refinement_run.surroundings_share == pytest.approx(share, rel=1e-4)
     refined = refinement_run.volume
     taken_off = sart(
@@ -133,8 +133,10 @@ def test_the_patient_around_the_roi_is_fitted_in_a_shell_not_piled_into_the_roi(
     seen = surroundings_projections(surroundings, data, backend)
     assert seen.mean() > 0.2 * data.targets.numpy().mean() > TRUNCATED_SHARE * data.targets.numpy().mean()
     insitu = replace(data, targets=data.targets + torch.as_tensor(seen))
-    refined = sart_refinement(truth, surroundings, insitu, backend, 2, 0.8).volume
-    piled = sart_refinement(truth, _gaussians(data, np.zeros((1, 3)), 0.05, 1e-6), insitu, backend, 2, 0.8).volume
+    refined = sart_refinement(truth, surroundings, insitu, backend, FinalPasses(2, 0.8, tv_steps=0)).volume
+    piled = sart_refinement(
+        truth, _gaussians(data, np.zeros((1, 3)), 0.05, 1e-6), insitu, backend, FinalPasses(2, 0.8, tv_steps=0)
+    ).volume
     assert abs(refined.array.mean() / truth.array.mean() - 1.0) < 0.02
     assert piled.array.mean() > 1.2 * truth.array.mean()
     assert psnr_3d(refined.array, truth) > psnr_3d(piled.array, truth) + 6.0
@@ -162,7 +164,7 @@ def test_a_truncated_patient_gets_a_shell_solved_around_the_roi_instead_of_pilin
     assert estimated_share > TRUNCATED_SHARE
     start = truth.with_array(gaussian_filter(truth.array, 1.5).astype(np.float32))
     with caplog.at_level("INFO", logger="ixgs_engine.reconstruct.refinement"):
-        shelled_run = sart_refinement(start, estimate, insitu, backend, 3, 0.8)
+        shelled_run = sart_refinement(start, estimate, insitu, backend, FinalPasses(3, 0.8, tv_steps=0))
     shelled = shelled_run.volume
     assert shelled_run.record() == {
         "surroundings_share": round(float(estimated_share), 4),
@@ -171,7 +173,7 @@ def test_a_truncated_patient_gets_a_shell_solved_around_the_roi_instead_of_pilin
     assert f"{100 * estimated_share:.0f}% of what the views measure lies outside the ROI" in caplog.text
     assert "also solve a 30x30x30 grid of 16.0 mm voxels around it (in the first 2 passes)" in caplog.text
     monkeypatch.setattr(refinement, "TRUNCATED_SHARE", 1.0)  # the ROI-only passes, for comparison
-    roi_only = sart_refinement(start, estimate, insitu, backend, 3, 0.8).volume
+    roi_only = sart_refinement(start, estimate, insitu, backend, FinalPasses(3, 0.8, tv_steps=0)).volume
     assert _same_grid(shelled, start)
     assert abs(shelled.array.mean() / truth.array.mean() - 1.0) < 0.35
     assert psnr_3d(shelled.array, truth) > psnr_3d(start.array, truth) - 1.5
@@ -184,7 +186,7 @@ def test_sart_passes_from_the_command_line_improve_a_short_run(scan, tmp_path, c
     assert main(["reconstruct", str(folder), "-o", str(tmp_path / "plain"), *common, "--sart-passes", "0"]) == 0
     assert main(["reconstruct", str(folder), "-o", str(tmp_path / "passes"), *common, "--sart-passes", "2"]) == 0
     summary = read_summary(tmp_path / "passes")
-    assert summary["config"]["final_sart_passes"] == 2
+    assert summary["config"]["final_passes"]["passes"] == 2
     share = summary["refinement"]["surroundings_share"]
     assert 0.0 <= share < 1.0 and (summary["refinement"]["shell"] is not None) == (share > TRUNCATED_SHARE)
     assert read_summary(tmp_path / "plain")["refinement"] == {"surroundings_share": None, "shell": None}
@@ -225,21 +227,21 @@ def test_a_cancel_during_the_sart_passes_keeps_the_training_and_resume_writes_th
 
 
 def test_the_sart_pass_settings_are_checked():
-    with pytest.raises(ValueError, match="final_sart_passes"):
-        ReconstructionConfig(final_sart_passes=-1)
-    with pytest.raises(ValueError, match="final_sart_relaxation"):
-        ReconstructionConfig(final_sart_relaxation=0.0)
-    with pytest.raises(ValueError, match="final_tv_steps"):
-        ReconstructionConfig(final_tv_steps=-1)
+    with pytest.raises(ValueError, match="final passes must be 0 or more"):
+        FinalPasses(passes=-1)
+    with pytest.raises(ValueError, match="relaxation must be in"):
+        FinalPasses(relaxation=0.0)
+    with pytest.raises(ValueError, match="tv_steps and tv_step"):
+        FinalPasses(tv_steps=-1)
 
 
 def test_the_run_time_estimate_counts_the_sart_passes_per_view():
     from ixgs_engine.reconstruct.estimate import estimated_seconds
 
     def added(passes: int, views: int) -> float:
-        config = ReconstructionConfig(final_sart_passes=passes)
+        config = ReconstructionConfig(final_passes=FinalPasses(passes))
         return estimated_seconds(config, (192, 192), "cpu", views, (128, 128, 128)) - estimated_seconds(
-            replace(config, final_sart_passes=0), (192, 192), "cpu", views, (128, 128, 128)
+            replace(config, final_passes=FinalPasses(0)), (192, 192), "cpu", views, (128, 128, 128)
         )
 
     assert added(0, 25) == 0.0

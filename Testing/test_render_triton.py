@@ -21,6 +21,7 @@ import torch
 import ixgs_engine.render
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.gaussians import GaussianModel
+from ixgs_engine.gaussians.densification import DensificationStrategy
 from ixgs_engine.geometry.carm import Detector, carm_projection_matrix
 from ixgs_engine.geometry.normalization import SceneNormalization
 from ixgs_engine.geometry.roi import ROI
@@ -158,10 +159,7 @@ def test_training_steps_follow_the_torch_backend(tmp_path) -> None:
         num_gaussians=100,
         tv_size=8,
         tv_grid_size=24,
-        densify_from=2,
-        densify_until=4,
-        densify_interval=2,
-        densify_grad_threshold=1e-6,
+        densification=DensificationStrategy(start=2, stop=4, interval=2, grad_threshold=1e-6),
     )
     runs = [Trainer(data, config, b, tmp_path / b.name).run() for b in (TorchBackend(), TritonBackend())]
     assert runs[0].model.num_gaussians > config.num_gaussians  # densification ran

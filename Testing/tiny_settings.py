@@ -2,6 +2,7 @@
 runs they compare (an interrupted run against an uninterrupted one, a report against its
 evaluation) are made the same way."""
 
+from ixgs_engine.gaussians.densification import DensificationStrategy
 from ixgs_engine.reconstruct.config import ReconstructionConfig
 
 TINY = ReconstructionConfig(
@@ -11,10 +12,7 @@ TINY = ReconstructionConfig(
     num_gaussians=400,
     tv_size=8,
     tv_grid_size=24,
-    densify_from=8,
-    densify_until=16,
-    densify_interval=8,
-    densify_grad_threshold=1e-6,
+    densification=DensificationStrategy(start=8, stop=16, interval=8, grad_threshold=1e-6),
     checkpoint_every=10,
 )
 """A 24-step trainer config with densification and two periodic checkpoints."""

@@ -52,10 +52,11 @@ from ixgs_engine.io.volumes import read_volume, volume_from_sitk, write_volume
 from ixgs_engine.phantoms import hu_to_attenuation
 from ixgs_engine.projector.rtk_bridge import rtk_fdk, rtk_forward_project, rtk_sart, rtk_tv_conjugate_gradient
 from ixgs_engine.projector.sart import sart
-from ixgs_engine.reconstruct.config import DEFAULT_PRESET, preset, resolve_preset
+from ixgs_engine.reconstruct.config import preset
 from ixgs_engine.reconstruct.data import TrainingData
 from ixgs_engine.reconstruct.output import final_volume
 from ixgs_engine.reconstruct.pipeline import reconstruct_scan
+from ixgs_engine.reconstruct.presets import DEFAULT_PRESET, resolve_preset
 from ixgs_engine.reconstruct.refinement import tv_steps
 from ixgs_engine.simulate import GROUND_TRUTH_FILE
 from ixgs_engine.volume import Volume, VolumeGrid

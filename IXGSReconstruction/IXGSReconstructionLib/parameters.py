@@ -12,9 +12,9 @@ from slicer import (
 )
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
-from ixgs_engine.reconstruct.config import DEFAULT_PRESET, PRESETS
+from ixgs_engine.reconstruct.presets import DEFAULT_PRESET, PRESET_SUMMARIES
 
-PRESET_CHOICES = [DEFAULT_PRESET, *PRESETS]  # the engine's names: defined once, there
+PRESET_CHOICES = list(PRESET_SUMMARIES)  # the engine's names: defined once, there (torch-free)
 
 
 @parameterNodeWrapper

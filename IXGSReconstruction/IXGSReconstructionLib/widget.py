@@ -8,7 +8,7 @@ import qt
 import slicer
 from slicer.i18n import tr as _
 
-from ixgs_engine.reconstruct.config import PRESET_SUMMARIES
+from ixgs_engine.reconstruct.presets import PRESET_SUMMARIES
 from IXGSCommonLib import mrml_bridge
 from IXGSCommonLib.scripted_module import EngineModuleWidget, is_set
 from IXGSReconstructionLib.logic import IXGSReconstructionLogic

@@ -100,7 +100,7 @@ def not_negative(text: str) -> float:
 
 def add_reconstruct_options(parser: argparse.ArgumentParser, default_preset: str) -> None:
     """Options shared by ``reconstruct`` and ``demo``."""
-    from ixgs_engine.reconstruct.config import PRESET_SUMMARIES
+    from ixgs_engine.reconstruct.presets import PRESET_SUMMARIES
 
     parser.add_argument(
         "--preset",
@@ -138,14 +138,15 @@ def add_reconstruct_options(parser: argparse.ArgumentParser, default_preset: str
 
 def preset_name(args) -> str:
     """The preset ``--preset`` names on the run's device (``auto`` resolved, e.g. ``auto -> cpu``)."""
-    from ixgs_engine.reconstruct.config import resolve_preset
+    from ixgs_engine.reconstruct.presets import resolve_preset
 
     resolved = resolve_preset(args.preset, resolve_device(args.device))
     return resolved if resolved == args.preset else f"{resolved} ({args.preset})"
 
 
 def config_from(args):
-    from ixgs_engine.reconstruct.config import preset, resolve_preset
+    from ixgs_engine.reconstruct.config import preset
+    from ixgs_engine.reconstruct.presets import resolve_preset
 
     try:
         return preset(
@@ -155,7 +156,7 @@ def config_from(args):
             num_gaussians=args.gaussians,
             seed=args.seed,
             holdout_every=args.holdout_every,
-            final_sart_passes=args.sart_passes,
+            **{"final_passes.passes": args.sart_passes},
         )
     except ValueError as error:  # e.g. --iterations 0 or --holdout-every 1
         raise IXGSError(f"invalid reconstruction options: {error}") from None

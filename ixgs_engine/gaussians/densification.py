@@ -6,8 +6,8 @@ The model (``model.py``) holds the Gaussians; this module decides when and where
   accumulates per Gaussian between two refinements (checkpointed with the run).
 - :class:`DensificationStrategy`: when to refine (every ``interval`` steps from ``start`` to
   ``stop``) and how (clone the hot small Gaussians, split the hot large ones, prune the faint
-  ones and those outside the domain), built by the trainer from its config, so its thresholds
-  have one home (``ReconstructionConfig``).
+  ones and those outside the domain). It holds its own settings, as gsplat's strategies do:
+  ``ReconstructionConfig.densification`` is one, and the trainer uses it as it is.
 - :func:`clone`, :func:`split`, :func:`prune`: the operations, each keeping an Adam-like
   optimizer's per-Gaussian state rows with their Gaussians (added rows start at zero) and
   returning which old rows the new model's first rows continue, so statistics can follow.
@@ -196,27 +196,27 @@ def within_budget(candidates: torch.Tensor, gradients: torch.Tensor, budget: int
 # ----------------------------------------------------------------------------- strategy
 @dataclass(frozen=True)
 class DensificationStrategy:
-    """R^2-Gaussian's adaptive control on a schedule.
+    """R^2-Gaussian's adaptive control on a schedule (its settings are the defaults).
 
     Every ``interval`` steps from ``start`` to ``stop`` (inclusive), Gaussians whose mean
     view-space gradient reaches ``grad_threshold`` are cloned when their largest scale is at
     most ``scale_threshold`` and split otherwise (never past ``max_gaussians``, the largest
     gradients first); then Gaussians with density below ``min_density`` or centre outside the
-    ``domain`` box (half-sizes along x, y, z, normalized units) are pruned. With ``refined``
-    (half-sizes of a smaller centred box), only Gaussians inside it are cloned or split: the
-    rest of the domain stays coarse. The statistics restart after each refinement.
+    domain box given to :meth:`refine` are pruned. The statistics restart after each refinement.
     """
 
-    start: int
-    stop: int
-    interval: int
-    grad_threshold: float
-    max_gaussians: int
-    min_density: float
-    domain: Sequence[float] = (BOX_SIZE / 2,) * 3
-    refined: Sequence[float] | None = None
+    start: int = 500
+    stop: int = 15_000
+    interval: int = 100
+    grad_threshold: float = 5e-5
+    max_gaussians: int = 500_000
+    min_density: float = 1e-5
     scale_threshold: float = DEFAULT_SCALE_THRESHOLD
     split_density_factor: float = SPLIT_DENSITY_FACTOR
+
+    def __post_init__(self) -> None:
+        if self.interval < 1 or self.max_gaussians < 1:
+            raise ValueError(f"densification interval and max_gaussians must be at least 1, got {self}")
 
     def is_due(self, iteration: int) -> bool:
         """Whether the step that just ended as ``iteration`` refines."""
@@ -228,13 +228,18 @@ class DensificationStrategy:
         statistics: GradientStatistics,
         optimizer: torch.optim.Optimizer | None,
         generator: torch.Generator | None = None,
+        domain: Sequence[float] = (BOX_SIZE / 2,) * 3,
+        refined: Sequence[float] | None = None,
     ) -> dict[str, int]:
-        """Clone, split and prune ``model`` as the statistics say; returns the counts."""
+        """Clone, split and prune ``model`` as the statistics say; returns the counts.
+        ``domain``: half-sizes (x, y, z, normalized units) of the box outside which Gaussians
+        are pruned; ``refined``: those of a smaller centred box, the only place Gaussians are
+        cloned or split (the rest of the domain stays coarse)."""
         with torch.no_grad():
             gradients = statistics.mean()
             candidates = gradients >= self.grad_threshold
-            if self.refined is not None:
-                candidates &= (model.positions.abs() <= model.positions.new_tensor(list(self.refined))).all(dim=1)
+            if refined is not None:
+                candidates &= (model.positions.abs() <= model.positions.new_tensor(list(refined))).all(dim=1)
             hot = within_budget(candidates, gradients, self.max_gaussians - model.num_gaussians)
             large = model.scales.amax(dim=1) > self.scale_threshold
             clone_mask = hot & ~large
@@ -244,7 +249,7 @@ class DensificationStrategy:
             statistics.follow(
                 split(model, split_mask, optimizer, generator, self.split_density_factor), model.num_gaussians
             )
-            outside = (model.positions.abs() > model.positions.new_tensor(list(self.domain))).any(dim=1)
+            outside = (model.positions.abs() > model.positions.new_tensor(list(domain))).any(dim=1)
             prune_mask = (model.densities < self.min_density) | outside
             statistics.follow(prune(model, prune_mask, optimizer), model.num_gaussians)
             statistics.reset()

@@ -1,8 +1,55 @@
-"""Reconstruction settings: R^2-Gaussian's recipe as the default, and named presets."""
+"""Reconstruction settings: R^2-Gaussian's recipe as the default, and named presets.
+
+Settings nest by owner: the densification strategy's are its own dataclass
+(``gaussians.densification.DensificationStrategy``), the final SART + TV passes' are
+:class:`FinalPasses`; ``ReconstructionConfig`` holds one of each beside the training's own."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from typing import Any
+
+from ixgs_engine.gaussians.densification import DensificationStrategy
+from ixgs_engine.reconstruct.presets import DEFAULT_PRESET, PRESET_SUMMARIES
+
+
+@dataclass(frozen=True)
+class FinalPasses:
+    """The SART passes over the full-resolution views after the training, started from the
+    voxelized Gaussians, each followed by ``tv_steps`` TV descent steps of ``tv_step`` times the
+    pass's change (ASD-POCS, ``reconstruct/refinement.py``); they restore detail the views
+    measure that a short training leaves blurred. ``passes`` 0: the volume is the Gaussians alone."""
+
+    passes: int = 0
+    relaxation: float = 0.8
+    tv_steps: int = 10
+    tv_step: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.passes < 0:
+            raise ValueError(f"final passes must be 0 or more, got {self.passes}")
+        if not 0 < self.relaxation <= 2:
+            raise ValueError(f"the final passes' relaxation must be in (0, 2], got {self.relaxation}")
+        if self.tv_steps < 0 or not self.tv_step >= 0:
+            raise ValueError(
+                f"the final passes' tv_steps and tv_step must be 0 or more, got {self.tv_steps}, {self.tv_step}"
+            )
+
+
+# The flat names of settings that now nest (checkpoints and summaries written before), by group.
+_FLAT_NAMES = {
+    "densify_from": ("densification", "start"),
+    "densify_until": ("densification", "stop"),
+    "densify_interval": ("densification", "interval"),
+    "densify_grad_threshold": ("densification", "grad_threshold"),
+    "max_gaussians": ("densification", "max_gaussians"),
+    "prune_min_density": ("densification", "min_density"),
+    "final_sart_passes": ("final_passes", "passes"),
+    "final_sart_relaxation": ("final_passes", "relaxation"),
+    "final_tv_steps": ("final_passes", "tv_steps"),
+    "final_tv_step": ("final_passes", "tv_step"),
+}
 
 
 @dataclass(frozen=True)
@@ -34,23 +81,11 @@ class ReconstructionConfig:
     lambda_tv: float = 0.05
     tv_size: int = 32
     tv_grid_size: int = 128  # voxels across the ROI's longest side for the TV sub-volumes
-    densify_from: int = 500
-    densify_until: int = 15_000
-    densify_interval: int = 100
-    densify_grad_threshold: float = 5e-5
-    max_gaussians: int = 500_000
-    prune_min_density: float = 1e-5
     seed: int = 0
     checkpoint_every: int = 1000
     holdout_every: int = 0  # > 1: views k-1, 2k-1, ... are kept out of training, for evaluation
-    # After training: SART passes over the full-resolution views started from the voxelized
-    # Gaussians, each followed by TV descent steps (ASD-POCS, reconstruct/refinement.py); they
-    # restore detail the views measure that a short training leaves blurred. 0: the volume is
-    # the Gaussians alone. final_tv_step: each TV step's length over the pass's change.
-    final_sart_passes: int = 0
-    final_sart_relaxation: float = 0.8
-    final_tv_steps: int = 10
-    final_tv_step: float = 0.2
+    densification: DensificationStrategy = field(default_factory=DensificationStrategy)
+    final_passes: FinalPasses = field(default_factory=FinalPasses)
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.views_per_step < 1 or self.num_gaussians < 1:
@@ -67,14 +102,6 @@ class ReconstructionConfig:
             raise ValueError(f"refine_scale must be between 1 and domain_scale, got {self.refine_scale}")
         if not 0 <= self.outside_share < 1:
             raise ValueError(f"outside_share must be in [0, 1), got {self.outside_share}")
-        if self.final_sart_passes < 0:
-            raise ValueError(f"final_sart_passes must be 0 or more, got {self.final_sart_passes}")
-        if not 0 < self.final_sart_relaxation <= 2:
-            raise ValueError(f"final_sart_relaxation must be in (0, 2], got {self.final_sart_relaxation}")
-        if self.final_tv_steps < 0 or not self.final_tv_step >= 0:
-            raise ValueError(
-                f"final_tv_steps and final_tv_step must be 0 or more, got {self.final_tv_steps}, {self.final_tv_step}"
-            )
         if self.holdout_every == 1 or self.holdout_every < 0:
             raise ValueError(f"holdout_every must be 0 (no held-out views) or at least 2, got {self.holdout_every}")
 
@@ -82,13 +109,51 @@ class ReconstructionConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> ReconstructionConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = set(values) - names
-        if unknown:
-            raise ValueError(f"unknown reconstruction settings: {', '.join(sorted(unknown))}")
-        converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return cls(**converted)
+    def from_dict(cls, values: Mapping[str, Any]) -> ReconstructionConfig:
+        """The config ``to_dict`` wrote (flat names of settings that now nest, as checkpoints
+        and summaries of earlier versions hold them, are read into their groups)."""
+        values = dict(values)
+        groups: dict[str, dict] = {name: dict(values.pop(name, {})) for name in ("densification", "final_passes")}
+        for flat, (group, name) in _FLAT_NAMES.items():
+            if flat in values:
+                groups[group][name] = values.pop(flat)
+        return _built(
+            cls,
+            {
+                **values,
+                "densification": _built(DensificationStrategy, groups["densification"]),
+                "final_passes": _built(FinalPasses, groups["final_passes"]),
+            },
+        )
+
+
+def _built(kind: type, values: Mapping[str, Any]):
+    """``kind(**values)``, lists read back as tuples; an unknown name raises ValueError."""
+    unknown = set(values) - {f.name for f in fields(kind)}
+    if unknown:
+        raise ValueError(f"unknown reconstruction settings: {', '.join(sorted(unknown))}")
+    return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def with_settings(config: ReconstructionConfig, overrides: Mapping[str, Any]) -> ReconstructionConfig:
+    """``config`` with some settings changed: top-level names, or ``group.name`` for a nested
+    setting (``final_passes.passes``, ``densification.max_gaussians``); None values are ignored."""
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        group, dot, setting = name.partition(".")
+        if dot:
+            nested.setdefault(group, {})[setting] = value
+        else:
+            top[name] = value
+    for group, settings in nested.items():
+        current = getattr(config, group, None)
+        if not is_dataclass(current):
+            raise ValueError(f"unknown settings group {group!r} in {', '.join(f'{group}.{n}' for n in settings)}")
+        top[group] = replace(current, **settings)
+    return replace(config, **top)
 
 
 _FAST = ReconstructionConfig(
@@ -98,10 +163,7 @@ _FAST = ReconstructionConfig(
     init="volume",
     num_gaussians=12_000,
     tv_size=24,
-    densify_from=200,
-    densify_until=550,
-    densify_interval=100,
-    max_gaussians=30_000,
+    densification=DensificationStrategy(start=200, stop=550, interval=100, max_gaussians=30_000),
     lr_positions=(1e-3, 1e-4),
     lr_densities=(2e-2, 2e-3),
     lr_scales=(1e-2, 1e-3),
@@ -125,38 +187,16 @@ PRESETS: dict[str, ReconstructionConfig] = {
         _FAST,
         num_gaussians=40_000,
         iterations=300,
-        densify_from=100,
-        densify_until=250,
-        densify_interval=50,
-        max_gaussians=100_000,
-        final_sart_passes=12,
+        densification=DensificationStrategy(start=100, stop=250, interval=50, max_gaussians=100_000),
+        final_passes=FinalPasses(passes=12),
     ),
 }
-
-
-# What a plain ``ixgs reconstruct`` runs: the preset that fits the device (resolve_preset).
-DEFAULT_PRESET = "auto"
-DEVICE_PRESETS = {"cpu": "cpu", "cuda": "default"}
-# One line per preset name, for the command line's help and the Slicer module's tooltip.
-PRESET_SUMMARIES = {
-    DEFAULT_PRESET: "cpu on a CPU, default on a CUDA GPU",
-    "cpu": "minutes on a CPU (tuned on a real CT)",
-    "fast": "the demo's, a few minutes",
-    "default": "R2-Gaussian's recipe",
-    "quality": "SART start + 2 views a step, for a GPU",
-}
-
-
-def resolve_preset(name: str, device) -> str:
-    """``auto`` becomes the preset for the device's type (``cpu`` on a CPU, R^2-Gaussian's full
-    recipe on a CUDA GPU, ``cpu`` elsewhere); any other name is returned as is."""
-    if name != DEFAULT_PRESET:
-        return name
-    return DEVICE_PRESETS.get(getattr(device, "type", str(device)), "cpu")
+if set(PRESETS) != set(PRESET_SUMMARIES) - {DEFAULT_PRESET}:  # the names are presets.py's
+    raise ImportError(f"config.PRESETS {sorted(PRESETS)} must be the presets named in presets.py")
 
 
 def preset(name: str, **overrides) -> ReconstructionConfig:
-    """A named preset with some settings changed (None values are ignored)."""
+    """A named preset with some settings changed (see :func:`with_settings`)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+    return with_settings(PRESETS[name], overrides)

@@ -28,7 +28,7 @@ REFERENCE_GAUSSIANS = 30_000
 
 
 def _step_seconds(config: ReconstructionConfig, pixels: float, kind: str) -> float:
-    gaussians = 0.5 * (config.num_gaussians + max(config.num_gaussians, config.max_gaussians))
+    gaussians = 0.5 * (config.num_gaussians + max(config.num_gaussians, config.densification.max_gaussians))
     per_view = SECONDS_PER_VIEW[kind] * (pixels / REFERENCE_PIXELS) ** 0.88 * (gaussians / REFERENCE_GAUSSIANS) ** 0.2
     return SECONDS_PER_STEP[kind] + config.views_per_step * per_view
 
@@ -53,7 +53,7 @@ def estimated_seconds(
         INITIALIZATION_SECONDS[kind]
         + coarse_steps * _step_seconds(config, scaled, kind)
         + fine_steps * _step_seconds(config, full, kind)
-        + config.final_sart_passes * views * full * max(output_shape) * SART_SECONDS_PER_SAMPLE[kind]
+        + config.final_passes.passes * views * full * max(output_shape) * SART_SECONDS_PER_SAMPLE[kind]
     )
 
 

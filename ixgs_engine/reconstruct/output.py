@@ -59,25 +59,13 @@ def final_volume(
     config: ReconstructionConfig,
     progress: ProgressCallback | None = None,
 ) -> Refinement:
-    """What a run writes: the Gaussians voxelized on ``grid``, then ``config.final_sart_passes``
-    SART passes over ``data`` (the views at full resolution), each followed by
-    ``config.final_tv_steps`` TV steps, started from them (see ``refinement``), with what the
-    passes found around the ROI. A voxelized volume that is not finite everywhere, or zero
-    everywhere, is refused."""
+    """What a run writes: the Gaussians voxelized on ``grid``, then the config's final SART + TV
+    passes over ``data`` (the views at full resolution) started from them (see ``refinement``),
+    with what the passes found around the ROI. A voxelized volume that is not finite everywhere,
+    or zero everywhere, is refused."""
     volume = voxelize_volume(model, data.scene, data.roi, grid, backend)
     _check_volume(volume)
-    return sart_refinement(
-        volume,
-        model,
-        data,
-        backend,
-        config.final_sart_passes,
-        config.final_sart_relaxation,
-        progress,
-        config.final_tv_steps,
-        config.final_tv_step,
-        config.domain_scale,
-    )
+    return sart_refinement(volume, model, data, backend, config.final_passes, progress, config.domain_scale)
 
 
 def _check_volume(volume: Volume) -> None:

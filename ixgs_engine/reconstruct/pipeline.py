@@ -207,7 +207,7 @@ def reconstruct_scan(
     if not resume:
         (output_dir / run_files.SUMMARY_FILE).unlink(missing_ok=True)  # a replaced run's summary no longer holds
     result = trainer.run(resume=resume)
-    if config.final_sart_passes > 0 and fine is None and config.image_scale < 1:
+    if config.final_passes.passes > 0 and fine is None and config.image_scale < 1:
         fine = TrainingData.from_projections(projections, 1.0, torch_device)
     with deferred_interrupts() as interrupt:
         stop = _stop_check(should_cancel, interrupt, output_dir)

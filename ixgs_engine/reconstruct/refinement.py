@@ -30,6 +30,7 @@ from ixgs_engine.gaussians.model import GaussianModel
 from ixgs_engine.geometry.roi import grown_grid
 from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.projector.sart import Shell, sart
+from ixgs_engine.reconstruct.config import FinalPasses
 from ixgs_engine.reconstruct.data import TrainingData
 from ixgs_engine.reconstruct.voxelize import voxelize_volume
 from ixgs_engine.render.backend import RenderBackend
@@ -149,21 +150,18 @@ def sart_refinement(
     model: GaussianModel,
     data: TrainingData,
     backend: RenderBackend,
-    iterations: int,
-    relaxation: float,
+    passes: FinalPasses,
     progress: ProgressCallback | None = None,
-    tv_steps_per_pass: int = 0,
-    tv_step_size: float = 0.2,
     domain_scale: float = 2.5,
 ) -> Refinement:
-    """``iterations`` SART passes over ``data``'s views (full resolution, world units) on
+    """``passes.passes`` SART passes over ``data``'s views (full resolution, world units) on
     ``volume``'s grid, started from ``volume`` (the voxelized Gaussians, 1/mm), each followed by
-    ``tv_steps_per_pass`` TV descent steps (:func:`tv_steps`); non-negative; ``progress(done,
+    ``passes.tv_steps`` TV descent steps (:func:`tv_steps`); non-negative; ``progress(done,
     total)`` after each view's update. On the ROI alone, or, when the Gaussians around the ROI
     carry more than ``TRUNCATED_SHARE`` of the views' line integrals, with a coarse shell over
     the model's domain (``domain_scale``) solved alongside (see above). No passes: ``volume``
     as it is."""
-    if iterations < 1:
+    if passes.passes < 1:
         return Refinement(volume)
     measured = data.targets.cpu().numpy()
     surroundings = float(surroundings_projections(model, data, backend).sum(dtype=np.float64))
@@ -186,12 +184,12 @@ def sart_refinement(
         measured,
         data.world_matrices,
         volume.grid,
-        iterations,
-        relaxation=relaxation,
+        passes.passes,
+        relaxation=passes.relaxation,
         initial=volume.array,
         device=data.targets.device,
         progress=progress,
-        after_pass=tv_steps(tv_steps_per_pass, tv_step_size) if tv_steps_per_pass > 0 else None,
+        after_pass=tv_steps(passes.tv_steps, passes.tv_step) if passes.tv_steps > 0 else None,
         shell=shell,
     )
     return Refinement(refined, share, shell)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ixgs_engine.errors import IXGSError
-from ixgs_engine.gaussians.densification import DensificationStrategy, GradientStatistics
+from ixgs_engine.gaussians.densification import GradientStatistics
 from ixgs_engine.gaussians.model import PARAMETER_NAMES, GaussianModel
 from ixgs_engine.geometry.roi import roi_grid
 from ixgs_engine.interrupts import EXIT_CODES, deferred_interrupts
@@ -96,16 +96,12 @@ class Trainer:
         tv_voxel = float(data.roi.size.max()) / config.tv_grid_size
         self.tv_grid = normalized_grid(roi_grid(data.roi, tv_voxel), data.scene)
         self.domain = ModelDomain.of(data, config)
-        self.densification = DensificationStrategy(
-            start=config.densify_from,
-            stop=config.densify_until,
-            interval=config.densify_interval,
-            grad_threshold=config.densify_grad_threshold,
-            max_gaussians=config.max_gaussians,
-            min_density=config.prune_min_density,
-            domain=tuple(self.domain.domain.tolist()),
-            refined=tuple((self.domain.roi * config.refine_scale).tolist()),
-        )
+        self.densification = config.densification
+        # Pruned outside the model's domain, refined only near the ROI (half-sizes, normalized units).
+        self.refinement_boxes = {
+            "domain": tuple(self.domain.domain.tolist()),
+            "refined": tuple((self.domain.roi * config.refine_scale).tolist()),
+        }
 
     # ------------------------------------------------------------------ state
     def _fresh_state(self) -> None:
@@ -202,7 +198,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = rates[group["name"]]
         views = self._next_views()
-        track = step < config.densify_until
+        track = step < config.densification.stop
         model = self.model
         data = self._views_at(step)
         means, covariances, densities = model.positions, model.covariances(), model.densities
@@ -236,7 +232,9 @@ class Trainer:
         self.iteration += 1
         entry = {"iteration": self.iteration, "loss": loss.item()} | {k: v.item() for k, v in terms.items()}
         if self.densification.is_due(self.iteration):
-            entry |= self.densification.refine(model, self.statistics, self.optimizer, self.generator)
+            entry |= self.densification.refine(
+                model, self.statistics, self.optimizer, self.generator, **self.refinement_boxes
+            )
         entry["gaussians"] = model.num_gaussians
         return entry
 
