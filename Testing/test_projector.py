@@ -12,6 +12,8 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from ixgs_engine.classical.rtk import rtk_sart
+from ixgs_engine.classical.sart import Shell, sart
 from ixgs_engine.errors import GeometryError
 from ixgs_engine.evaluate.metrics import psnr_3d
 from ixgs_engine.geometry.carm import Detector, carm_projection_matrix, circular_orbit
@@ -24,9 +26,7 @@ from ixgs_engine.projector.rtk_bridge import (
     matrices_from_rtk,
     rtk_forward_project,
     rtk_geometry,
-    rtk_sart,
 )
-from ixgs_engine.projector.sart import Shell, sart
 from ixgs_engine.volume import Volume, VolumeGrid
 
 # ITK's SWIG modules warn on import under Python >= 3.11; nothing of ours.
@@ -217,7 +217,7 @@ def test_sart_matches_rtk_sart(rtk_available, spine):
 def test_sart_without_room_for_its_weights_gives_the_same_volume(random_problem, monkeypatch):
     """Past ``WEIGHT_CACHE_BYTES`` SART recomputes each view's voxel weights instead of holding
     one volume per view (the refinement on a fine output grid); the result is unchanged."""
-    from ixgs_engine.projector import sart as sart_module
+    from ixgs_engine.classical import sart as sart_module
 
     projector, x, _ = random_problem
     views = projector.forward(x).numpy()

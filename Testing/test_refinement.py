@@ -14,24 +14,17 @@ import torch
 from scipy.ndimage import gaussian_filter
 from tiny_settings import TINY
 
+from ixgs_engine.classical.sart import sart
 from ixgs_engine.cli import main
 from ixgs_engine.evaluate.metrics import psnr_3d
 from ixgs_engine.gaussians.model import GaussianModel
 from ixgs_engine.io.scan import load_projections, read_scan
 from ixgs_engine.io.volumes import read_volume
 from ixgs_engine.projector.joseph import JosephProjector
-from ixgs_engine.projector.sart import sart
 from ixgs_engine.reconstruct import pipeline, refinement
 from ixgs_engine.reconstruct.config import FinalPasses, ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData
-from ixgs_engine.reconstruct.refinement import (
-    TRUNCATED_SHARE,
-    TV_SMOOTHING,
-    sart_refinement,
-    surroundings_projections,
-    tv_gradient,
-    tv_steps,
-)
+from ixgs_engine.reconstruct.refinement import TRUNCATED_SHARE, sart_refinement, surroundings_projections
 from ixgs_engine.reconstruct.run_files import read_summary
 from ixgs_engine.reconstruct.trainer import ReconstructionCancelled
 from ixgs_engine.render.backend import get_backend
@@ -247,48 +240,3 @@ def test_the_run_time_estimate_counts_the_sart_passes_per_view():
     assert added(0, 25) == 0.0
     assert 5.0 < added(1, 25) < 60.0  # one pass of 25 views of 192² over 128³ voxels on 2 cores
     assert added(4, 50) == pytest.approx(8.0 * added(1, 25))
-
-
-def _total_variation(volume: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """Isotropic TV with forward differences written as plainly as possible (the reference)."""
-    padded = torch.cat([volume, volume[-1:]], dim=0)
-    padded = torch.cat([padded, padded[:, -1:]], dim=1)
-    padded = torch.cat([padded, padded[:, :, -1:]], dim=2)
-    dz = padded[1:, :-1, :-1] - padded[:-1, :-1, :-1]
-    dy = padded[:-1, 1:, :-1] - padded[:-1, :-1, :-1]
-    dx = padded[:-1, :-1, 1:] - padded[:-1, :-1, :-1]
-    return torch.sqrt(dz**2 + dy**2 + dx**2 + smoothing).sum()
-
-
-def test_the_tv_gradient_is_the_derivative_of_the_total_variation():
-    volume = torch.rand((5, 6, 7), dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    smoothing = (TV_SMOOTHING * float(volume.max())) ** 2
-    leaf = volume.clone().requires_grad_(True)
-    _total_variation(leaf, smoothing).backward()
-    torch.testing.assert_close(tv_gradient(volume), leaf.grad, rtol=1e-9, atol=1e-12)
-    # and against a central finite difference at one voxel
-    step = 1e-6
-    plus, minus = volume.clone(), volume.clone()
-    plus[2, 3, 4] += step
-    minus[2, 3, 4] -= step
-    numeric = (_total_variation(plus, smoothing) - _total_variation(minus, smoothing)) / (2 * step)
-    assert float(tv_gradient(volume)[2, 3, 4]) == pytest.approx(float(numeric), rel=1e-5)
-
-
-def test_tv_steps_lower_the_total_variation_by_the_size_of_the_pass_and_keep_it_non_negative():
-    generator = torch.Generator().manual_seed(5)
-    before = torch.zeros((12, 12, 12))
-    before[3:9, 3:9, 3:9] = 1.0
-    noisy = (before + 0.2 * torch.randn(before.shape, generator=generator)).clamp(min=0.0)
-    volume = noisy.clone()
-    tv_steps(5, 0.2)(volume, before)
-    smoothing = (TV_SMOOTHING * float(noisy.max())) ** 2
-    assert float(_total_variation(volume, smoothing)) < 0.8 * float(_total_variation(noisy, smoothing))
-    assert float(volume.min()) >= 0.0
-    # each step moves the volume by at most step_size x the pass's change
-    assert float(torch.linalg.vector_norm(volume - noisy)) <= 5 * 0.2 * float(
-        torch.linalg.vector_norm(noisy - before)
-    ) * (1 + 1e-5)
-    unchanged = noisy.clone()
-    tv_steps(5, 0.2)(unchanged, noisy.clone())  # a pass that changed nothing: no TV step
-    assert torch.equal(unchanged, noisy)

@@ -34,12 +34,12 @@ from common import (
     utc_now,
 )
 
+from ixgs_engine.classical.rtk import rtk_sart
+from ixgs_engine.classical.sart import sart
 from ixgs_engine.device import resolve_device
 from ixgs_engine.evaluate.metrics import psnr_3d, ssim_3d
 from ixgs_engine.io.scan import write_scan
 from ixgs_engine.io.volumes import write_volume
-from ixgs_engine.projector.rtk_bridge import rtk_sart
-from ixgs_engine.projector.sart import sart
 from ixgs_engine.reconstruct.config import PRESETS, ReconstructionConfig, preset
 from ixgs_engine.reconstruct.output import voxelize_volume
 from ixgs_engine.reconstruct.pipeline import reconstruct_scan

@@ -24,9 +24,9 @@ from common import (
     utc_now,
 )
 
+from ixgs_engine.classical.rtk import rtk_sart
+from ixgs_engine.classical.sart import sart
 from ixgs_engine.evaluate.metrics import psnr_3d, ssim_3d
-from ixgs_engine.projector.rtk_bridge import rtk_sart
-from ixgs_engine.projector.sart import sart
 
 TABLE_HEADER = (
     "| date (UTC) | device | volume | detector | views | iterations | ours PSNR / SSIM | RTK PSNR / SSIM "

@@ -27,7 +27,7 @@ def run_baseline(
 ) -> tuple[dict, Volume]:
     """Reconstruct ``scan_dir`` with RTK's ``method`` into ``output_dir`` (volume.<fmt> and
     summary.json); returns the summary and the volume. ``iterations`` are SART's full passes."""
-    from ixgs_engine.projector import rtk_bridge
+    from ixgs_engine.classical import rtk
 
     if method not in METHODS:
         raise IXGSError(f"unknown baseline {method!r}; choose {' or '.join(METHODS)}")
@@ -38,9 +38,9 @@ def run_baseline(
     grid = roi_grid(projections.roi, voxel)
     try:
         if method == "sart":
-            volume = rtk_bridge.rtk_sart(projections.values, projections.matrices, grid, iterations)
+            volume = rtk.rtk_sart(projections.values, projections.matrices, grid, iterations)
         else:
-            volume = rtk_bridge.rtk_fdk(projections.values, projections.matrices, grid)
+            volume = rtk.rtk_fdk(projections.values, projections.matrices, grid)
     except ImportError as error:
         raise IXGSError(str(error)) from None
     output_dir = Path(output_dir)

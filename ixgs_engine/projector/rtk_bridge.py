@@ -1,5 +1,7 @@
-"""Optional bridge to RTK (itk-rtk): our 3x4 projection matrices as an RTK geometry, RTK's
-Joseph forward projector and RTK's SART.
+"""Optional bridge to RTK (itk-rtk), the primitives: our 3x4 projection matrices as an RTK
+geometry (and back), our volumes and projection stacks as ITK images, circular orbits fitted to
+matrices, and RTK's Joseph forward projector. RTK's reconstructions built on them are in
+``classical.rtk``.
 
 RTK is an independent, established implementation, so the tests and benchmarks use it as the
 reference our own projector and SART are checked against. itk-rtk is an optional dependency:
@@ -43,7 +45,7 @@ class RTKGeometry(NamedTuple):
     spacing: tuple[float, float]
 
 
-def _import_rtk() -> tuple[Any, Any]:
+def import_rtk() -> tuple[Any, Any]:
     """``(itk, itk.RTK)``, or an ImportError that says how to install them."""
     try:
         import itk
@@ -53,7 +55,7 @@ def _import_rtk() -> tuple[Any, Any]:
     return itk, rtk
 
 
-def _as_matrices(matrices: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+def as_matrices(matrices: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     """(N, 3, 4) float64 array of matrices normalized so that w is the depth in mm."""
     stacked = np.stack([normalize_projection_matrix(P) for P in matrices])
     if stacked.shape[0] == 0:
@@ -74,10 +76,10 @@ def rtk_geometry(matrices: np.ndarray | Sequence[np.ndarray], *, u_spacing: floa
     matrices handle. Raises GeometryError for skewed pixel axes, or pixel aspect ratios that
     differ between views (RTK has one spacing per projection stack).
     """
-    itk, rtk = _import_rtk()
+    itk, rtk = import_rtk()
     if not u_spacing > 0:
         raise GeometryError(f"u_spacing must be positive, got {u_spacing}")
-    normalized = _as_matrices(matrices)
+    normalized = as_matrices(matrices)
     geometry = rtk.ThreeDCircularProjectionGeometry.New()
     v_spacings = []
     for index, P in enumerate(normalized):
@@ -105,7 +107,7 @@ def matrices_from_rtk(geometry: Any, spacing: Sequence[float], origin: Sequence[
     """Our (N, 3, 4) matrices (w = depth in mm, > 0 in front of the source) from an RTK
     geometry whose projection images have identity direction and the given 2-D origin and
     spacing (mm)."""
-    itk, _ = _import_rtk()
+    itk, _ = import_rtk()
     su, sv = spacing
     ou, ov = origin
     pixel_from_physical = np.array([[1.0 / su, 0.0, -ou / su], [0.0, 1.0 / sv, -ov / sv], [0.0, 0.0, 1.0]])
@@ -117,7 +119,7 @@ def matrices_from_rtk(geometry: Any, spacing: Sequence[float], origin: Sequence[
     return np.stack(out)
 
 
-def _u_spacing_beyond(grid: VolumeGrid, matrices: np.ndarray) -> float:
+def u_spacing_beyond(grid: VolumeGrid, matrices: np.ndarray) -> float:
     """Smallest u pitch for :func:`rtk_geometry` that puts every view's detector beyond the
     deepest corner of the volume's box (voxel edges, not centres), with a margin."""
     nx, ny, nz = grid.size_ijk
@@ -131,7 +133,7 @@ def _u_spacing_beyond(grid: VolumeGrid, matrices: np.ndarray) -> float:
     return float(max(pitches))
 
 
-def _volume_image(itk: Any, array: np.ndarray, grid: VolumeGrid) -> Any:
+def volume_image(itk: Any, array: np.ndarray, grid: VolumeGrid) -> Any:
     """float32 ITK image of an array [k, j, i] with the grid's origin, spacing and direction."""
     image = itk.image_from_array(np.ascontiguousarray(array, dtype=np.float32))
     image.SetOrigin(grid.origin.tolist())
@@ -140,7 +142,7 @@ def _volume_image(itk: Any, array: np.ndarray, grid: VolumeGrid) -> Any:
     return image
 
 
-def _projection_image(itk: Any, stack: np.ndarray, spacing: tuple[float, float]) -> Any:
+def projection_image(itk: Any, stack: np.ndarray, spacing: tuple[float, float]) -> Any:
     """float32 ITK projection stack (W, H, N) of an array (N, H, W): origin 0, given spacing."""
     image = itk.image_from_array(np.ascontiguousarray(stack, dtype=np.float32))
     image.SetOrigin([0.0, 0.0, 0.0])
@@ -159,106 +161,17 @@ def rtk_forward_project(
     volume: Volume, matrices: np.ndarray | Sequence[np.ndarray], image_shape: Sequence[int]
 ) -> np.ndarray:
     """Line integrals (N, H, W), float32, of ``volume`` by RTK's Joseph forward projector."""
-    itk, rtk = _import_rtk()
-    normalized = _as_matrices(matrices)
+    itk, rtk = import_rtk()
+    normalized = as_matrices(matrices)
     height, width = _check_image_shape(image_shape)
-    geometry, spacing = rtk_geometry(normalized, u_spacing=_u_spacing_beyond(volume, normalized))
+    geometry, spacing = rtk_geometry(normalized, u_spacing=u_spacing_beyond(volume, normalized))
     image_type = itk.Image[itk.F, 3]
     projector = rtk.JosephForwardProjectionImageFilter[image_type, image_type].New()
-    projector.SetInput(0, _projection_image(itk, np.zeros((len(normalized), height, width)), spacing))
-    projector.SetInput(1, _volume_image(itk, volume.array, volume))
+    projector.SetInput(0, projection_image(itk, np.zeros((len(normalized), height, width)), spacing))
+    projector.SetInput(1, volume_image(itk, volume.array, volume))
     projector.SetGeometry(geometry)
     projector.Update()
     return itk.array_from_image(projector.GetOutput()).copy()
-
-
-def _iterative_setup(
-    projections: np.ndarray, matrices: np.ndarray | Sequence[np.ndarray], grid: VolumeGrid, iterations: int
-) -> tuple[Any, Any, Any, Any, Any]:
-    """What RTK's iterative reconstructions share: ``(itk, rtk, geometry, zero volume image,
-    projection stack image)``, after checking the stack and the iteration count."""
-    itk, rtk = _import_rtk()
-    normalized = _as_matrices(matrices)
-    stack = np.asarray(projections)
-    if stack.ndim != 3 or stack.shape[0] != len(normalized):
-        raise ValueError(f"projections must be (N, H, W) with N = {len(normalized)} views, got {stack.shape}")
-    if iterations < 1:
-        raise ValueError("iterations must be >= 1")
-    geometry, spacing = rtk_geometry(normalized, u_spacing=_u_spacing_beyond(grid, normalized))
-    return itk, rtk, geometry, _volume_image(itk, np.zeros(grid.shape), grid), _projection_image(itk, stack, spacing)
-
-
-def _use_joseph_pair(reconstruction: Any, geometry: Any) -> None:
-    """Geometry, the matched Joseph forward / back projector pair and no displaced-detector
-    weighting for one of RTK's iterative reconstruction filters."""
-    reconstruction.SetGeometry(geometry)
-    reconstruction.SetDisableDisplacedDetectorFilter(True)
-    reconstruction.SetForwardProjectionFilter(reconstruction.ForwardProjectionType_FP_JOSEPH)
-    reconstruction.SetBackProjectionFilter(reconstruction.BackProjectionType_BP_JOSEPH)
-
-
-def rtk_sart(
-    projections: np.ndarray,
-    matrices: np.ndarray | Sequence[np.ndarray],
-    grid: VolumeGrid,
-    iterations: int,
-    relaxation: float = 0.3,
-    views_per_subset: int = 1,
-    positivity: bool = True,
-) -> Volume:
-    """RTK's SART from a zero volume on ``grid`` (line-integral ``projections`` (N, H, W)).
-
-    Joseph forward projector and Joseph *back* projector: the latter is the exact transpose of
-    the former (a matched pair, like our projector's adjoint), so both SARTs solve the same
-    discrete system; RTK's default voxel-based back projector is not matched. The
-    displaced-detector weighting is disabled: it is meant for circular scans with a shifted
-    panel and would reweight off-centre views of an arbitrary geometry. RTK visits the views
-    in a shuffled (seeded, reproducible) order.
-    """
-    if views_per_subset < 1:
-        raise ValueError("views_per_subset must be >= 1")
-    itk, rtk, geometry, volume, stack = _iterative_setup(projections, matrices, grid, iterations)
-    image_type = itk.Image[itk.F, 3]
-    sart = rtk.SARTConeBeamReconstructionFilter[image_type, image_type].New()
-    sart.SetInput(0, volume)
-    sart.SetInput(1, stack)
-    _use_joseph_pair(sart, geometry)
-    sart.SetNumberOfIterations(int(iterations))
-    sart.SetLambda(float(relaxation))
-    sart.SetNumberOfProjectionsPerSubset(int(views_per_subset))
-    sart.SetEnforcePositivity(bool(positivity))
-    sart.Update()
-    return Volume.on_grid(grid, itk.array_from_image(sart.GetOutput()).copy())
-
-
-def rtk_tv_conjugate_gradient(
-    projections: np.ndarray,
-    matrices: np.ndarray | Sequence[np.ndarray],
-    grid: VolumeGrid,
-    gamma_tv: float,
-    iterations: int = 3,
-    cg_iterations: int = 4,
-    tv_iterations: int = 10,
-) -> Volume:
-    """RTK's TV-regularized iterative reconstruction (``RegularizedConjugateGradientConeBeam
-    ReconstructionFilter``) from a zero volume on ``grid``: ``iterations`` outer loops, each
-    ``cg_iterations`` of conjugate gradient on the least-squares data term, positivity, then a
-    TV denoising of the volume (``gamma_tv``, ``tv_iterations`` inner steps). Matched Joseph
-    projector pair, no displaced-detector weighting, as :func:`rtk_sart`."""
-    itk, rtk, geometry, volume, stack = _iterative_setup(projections, matrices, grid, iterations)
-    image_type = itk.Image[itk.F, 3]
-    cg = rtk.RegularizedConjugateGradientConeBeamReconstructionFilter[image_type].New()
-    cg.SetInputVolume(volume)
-    cg.SetInputProjectionStack(stack)
-    _use_joseph_pair(cg, geometry)
-    cg.SetMainLoop_iterations(int(iterations))
-    cg.SetCG_iterations(int(cg_iterations))
-    cg.SetPerformPositivity(True)
-    cg.SetPerformTVSpatialDenoising(True)
-    cg.SetGammaTV(float(gamma_tv))
-    cg.SetTV_iterations(int(tv_iterations))
-    cg.Update()
-    return Volume.on_grid(grid, itk.array_from_image(cg.GetOutput()).copy())
 
 
 # A circular orbit's sources may leave their plane and circle, and its central rays miss the
@@ -269,7 +182,7 @@ _CIRCULAR_TOLERANCE = 1e-3
 def fit_circular_orbit(matrices: np.ndarray | Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Centre and unit axis of the circular orbit the views follow (sources on a circle, every
     central ray through the axis and perpendicular to it); GeometryError says why not."""
-    normalized = _as_matrices(matrices)
+    normalized = as_matrices(matrices)
     if len(normalized) < 3:
         raise GeometryError(f"{len(normalized)} views cannot define an orbit")
     sources = np.stack([source_position(P) for P in normalized])
@@ -303,7 +216,7 @@ def fit_circular_orbit(matrices: np.ndarray | Sequence[np.ndarray]) -> tuple[np.
     return centre, normal
 
 
-def _unmirrored(matrices: np.ndarray, stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def unmirrored(matrices: np.ndarray, stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Views whose detector is mirrored (det M < 0) flipped left-right, image and matrix, so
     RTK's FDK weights see positive source-to-detector distances."""
     width = stack.shape[2]
@@ -316,7 +229,7 @@ def _unmirrored(matrices: np.ndarray, stack: np.ndarray) -> tuple[np.ndarray, np
     return out_matrices, out_stack
 
 
-def _orbit_frame(centre: np.ndarray, axis: np.ndarray) -> np.ndarray:
+def orbit_frame(centre: np.ndarray, axis: np.ndarray) -> np.ndarray:
     """4x4 rigid map from world to RTK's circular frame: the orbit centre to the origin, its
     axis to +y (RTK's rotation axis), so RTK's gantry angles are the orbit angles."""
     helper = np.eye(3)[int(np.argmin(np.abs(axis)))]
@@ -327,40 +240,3 @@ def _orbit_frame(centre: np.ndarray, axis: np.ndarray) -> np.ndarray:
     frame[:3, :3] = rotation
     frame[:3, 3] = -rotation @ centre
     return frame
-
-
-def rtk_fdk(
-    projections: np.ndarray, matrices: np.ndarray | Sequence[np.ndarray], grid: VolumeGrid, hann_cutoff: float = 0.0
-) -> Volume:
-    """RTK's FDK (filtered back-projection) of line-integral ``projections`` (N, H, W) on
-    ``grid``, with Parker weights for a short scan. FDK needs a circular orbit: anything else
-    raises GeometryError with the reason. The scene is moved rigidly so the orbit axis is
-    RTK's y axis (RTK derives its angular weights from rotations about y), reconstructed
-    there, and the voxels returned on ``grid``. ``hann_cutoff`` in (0, 1] apodizes the ramp
-    filter (0: plain ramp)."""
-    itk, rtk = _import_rtk()
-    normalized = _as_matrices(matrices)
-    stack = np.asarray(projections, dtype=np.float32)
-    if stack.ndim != 3 or stack.shape[0] != len(normalized):
-        raise ValueError(f"projections must be (N, H, W) with N = {len(normalized)} views, got {stack.shape}")
-    try:
-        frame = _orbit_frame(*fit_circular_orbit(normalized))
-    except GeometryError as error:
-        raise GeometryError(f"FDK needs a circular orbit and this scan is not one: {error}; use SART") from None
-    normalized, stack = _unmirrored(normalized, stack)
-    moved = np.einsum("nij,jk->nik", normalized, np.linalg.inv(frame))
-    rotation, shift = frame[:3, :3], frame[:3, 3]
-    moved_grid = VolumeGrid(grid.shape, rotation @ grid.origin + shift, grid.spacing, rotation @ grid.direction)
-    geometry, spacing = rtk_geometry(moved, u_spacing=_u_spacing_beyond(moved_grid, moved))
-    image_type = itk.Image[itk.F, 3]
-    parker = rtk.ParkerShortScanImageFilter[image_type].New()
-    parker.SetInput(_projection_image(itk, stack, spacing))
-    parker.SetGeometry(geometry)
-    fdk = rtk.FDKConeBeamReconstructionFilter[image_type].New()
-    fdk.SetInput(0, _volume_image(itk, np.zeros(grid.shape), moved_grid))
-    fdk.SetInput(1, parker.GetOutput())
-    fdk.SetGeometry(geometry)
-    fdk.GetRampFilter().SetTruncationCorrection(0.0)
-    fdk.GetRampFilter().SetHannCutFrequency(float(hann_cutoff))
-    fdk.Update()
-    return Volume.on_grid(grid, itk.array_from_image(fdk.GetOutput()).copy())

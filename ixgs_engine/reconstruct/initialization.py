@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ixgs_engine.classical.sart import sart
 from ixgs_engine.gaussians.model import GaussianModel
 from ixgs_engine.geometry.roi import ROI, roi_grid
 from ixgs_engine.progress import ProgressCallback
-from ixgs_engine.projector.sart import sart
 from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData, detector_voxel_size
 from ixgs_engine.render.backend import RenderBackend, normalized_grid

@@ -11,7 +11,7 @@ box are the tails of the tissue at its faces: they stay in the views, and the bo
 explain them. When the Gaussians around the ROI carry more than ``TRUNCATED_SHARE`` of the
 views' line integrals (a truncated patient, the box inside a body), the ROI alone would pile
 the rest of the patient into its voxels, worst along rays that graze a face; there a coarse
-shell over the model's domain (``projector.sart.Shell``, started from the Gaussians around the
+shell over the model's domain (``classical.sart.Shell``, started from the Gaussians around the
 ROI) is solved alongside in the first ``SHELL_PASSES`` passes and then held, so each ray's
 residual is spread over its whole path. The measurements behind these choices are in
 ``benchmarks/results/refinement_studies.md``.
@@ -20,16 +20,16 @@ residual is spread over its whole path. The measurements behind these choices ar
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ixgs_engine.classical.asd_pocs import asd_pocs
+from ixgs_engine.classical.sart import Shell
 from ixgs_engine.gaussians.model import GaussianModel
 from ixgs_engine.geometry.roi import grown_grid
 from ixgs_engine.progress import ProgressCallback
-from ixgs_engine.projector.sart import Shell, sart
 from ixgs_engine.reconstruct.config import FinalPasses
 from ixgs_engine.reconstruct.data import TrainingData
 from ixgs_engine.reconstruct.voxelize import voxelize_volume
@@ -38,9 +38,6 @@ from ixgs_engine.render.splats import centred_in
 from ixgs_engine.volume import Volume
 
 VIEWS_PER_RENDER = 4  # bounds the render's memory at full resolution
-# The TV's smoothing of |grad x| near 0, relative to the volume's largest value: small enough to
-# keep edges, large enough that flat regions get no division by zero.
-TV_SMOOTHING = 1e-3
 # Above this share of the views' line integrals carried by the Gaussians around the ROI, the
 # passes solve a shell around it too; below, they run on the ROI alone (see above). The in-situ
 # case has 80 %, a specimen 1.3 %; nothing was measured in between. Below the bar a patient's
@@ -52,37 +49,6 @@ SHELL_VOXELS_ACROSS_ROI = 32
 SHELL_PASSES = 2
 
 _log = logging.getLogger(__name__)
-
-
-def tv_gradient(volume: torch.Tensor) -> torch.Tensor:
-    """Gradient of the isotropic total variation ``sum_v |D x|_v`` (forward differences, none
-    across the far faces) of a volume (nz, ny, nx), computed directly (no autograd)."""
-    smoothing = (TV_SMOOTHING * float(volume.abs().max())) ** 2 + 1e-30
-    differences = [torch.diff(volume, dim=axis, append=volume.narrow(axis, -1, 1)) for axis in range(3)]
-    norm = torch.sqrt(sum(d * d for d in differences) + smoothing)
-    gradient = torch.zeros_like(volume)
-    for axis, difference in enumerate(differences):
-        unit = difference / norm
-        gradient -= unit
-        length = volume.shape[axis] - 1
-        gradient.narrow(axis, 1, length).add_(unit.narrow(axis, 0, length))
-    return gradient
-
-
-def tv_steps(steps: int, step_size: float) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """ASD-POCS's regularization between SART passes: ``steps`` steepest-descent steps on the
-    TV, each of length ``step_size`` times the norm of the pass's change, kept non-negative."""
-
-    def regularize(volume: torch.Tensor, before: torch.Tensor) -> None:
-        change = float(torch.linalg.vector_norm(volume - before))
-        for _ in range(steps):
-            gradient = tv_gradient(volume)
-            norm = float(torch.linalg.vector_norm(gradient))
-            if norm == 0.0:
-                return
-            volume.sub_(gradient, alpha=step_size * change / norm).clamp_(min=0.0)
-
-    return regularize
 
 
 def surroundings_projections(model: GaussianModel, data: TrainingData, backend: RenderBackend) -> np.ndarray:
@@ -156,7 +122,7 @@ def sart_refinement(
 ) -> Refinement:
     """``passes.passes`` SART passes over ``data``'s views (full resolution, world units) on
     ``volume``'s grid, started from ``volume`` (the voxelized Gaussians, 1/mm), each followed by
-    ``passes.tv_steps`` TV descent steps (:func:`tv_steps`); non-negative; ``progress(done,
+    ``passes.tv_steps`` TV descent steps (``classical.asd_pocs``); non-negative; ``progress(done,
     total)`` after each view's update. On the ROI alone, or, when the Gaussians around the ROI
     carry more than ``TRUNCATED_SHARE`` of the views' line integrals, with a coarse shell over
     the model's domain (``domain_scale``) solved alongside (see above). No passes: ``volume``
@@ -180,16 +146,17 @@ def sart_refinement(
             float(np.max(shell.grid.spacing)),
             shell.passes,
         )
-    refined = sart(
+    refined = asd_pocs(
         measured,
         data.world_matrices,
         volume.grid,
         passes.passes,
         relaxation=passes.relaxation,
+        tv_steps=passes.tv_steps,
+        tv_step=passes.tv_step,
         initial=volume.array,
         device=data.targets.device,
         progress=progress,
-        after_pass=tv_steps(passes.tv_steps, passes.tv_step) if passes.tv_steps > 0 else None,
         shell=shell,
     )
     return Refinement(refined, share, shell)

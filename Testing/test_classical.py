@@ -1,0 +1,89 @@
+"""The classical family's own pieces: the TV gradient against autograd and finite differences,
+the TV steps ASD-POCS takes, and ASD-POCS as SART passes each followed by those steps (SART
+itself against RTK's, and RTK's algorithms, are in test_projector.py and test_evaluate.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ixgs_engine.classical.asd_pocs import asd_pocs
+from ixgs_engine.classical.sart import sart
+from ixgs_engine.classical.tv import TV_SMOOTHING, tv_gradient, tv_steps
+from ixgs_engine.geometry.carm import Detector, carm_projection_matrix
+from ixgs_engine.phantoms import hu_to_attenuation, make_phantom
+from ixgs_engine.projector.joseph import JosephProjector
+
+
+def _total_variation(volume: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Isotropic TV with forward differences written as plainly as possible (the reference)."""
+    padded = torch.cat([volume, volume[-1:]], dim=0)
+    padded = torch.cat([padded, padded[:, -1:]], dim=1)
+    padded = torch.cat([padded, padded[:, :, -1:]], dim=2)
+    dz = padded[1:, :-1, :-1] - padded[:-1, :-1, :-1]
+    dy = padded[:-1, 1:, :-1] - padded[:-1, :-1, :-1]
+    dx = padded[:-1, :-1, 1:] - padded[:-1, :-1, :-1]
+    return torch.sqrt(dz**2 + dy**2 + dx**2 + smoothing).sum()
+
+
+def test_the_tv_gradient_is_the_derivative_of_the_total_variation():
+    volume = torch.rand((5, 6, 7), dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    smoothing = (TV_SMOOTHING * float(volume.max())) ** 2
+    leaf = volume.clone().requires_grad_(True)
+    _total_variation(leaf, smoothing).backward()
+    torch.testing.assert_close(tv_gradient(volume), leaf.grad, rtol=1e-9, atol=1e-12)
+    # and against a central finite difference at one voxel
+    step = 1e-6
+    plus, minus = volume.clone(), volume.clone()
+    plus[2, 3, 4] += step
+    minus[2, 3, 4] -= step
+    numeric = (_total_variation(plus, smoothing) - _total_variation(minus, smoothing)) / (2 * step)
+    assert float(tv_gradient(volume)[2, 3, 4]) == pytest.approx(float(numeric), rel=1e-5)
+
+
+def test_tv_steps_lower_the_total_variation_by_the_size_of_the_pass_and_keep_it_non_negative():
+    generator = torch.Generator().manual_seed(5)
+    before = torch.zeros((12, 12, 12))
+    before[3:9, 3:9, 3:9] = 1.0
+    noisy = (before + 0.2 * torch.randn(before.shape, generator=generator)).clamp(min=0.0)
+    volume = noisy.clone()
+    tv_steps(5, 0.2)(volume, before)
+    smoothing = (TV_SMOOTHING * float(noisy.max())) ** 2
+    assert float(_total_variation(volume, smoothing)) < 0.8 * float(_total_variation(noisy, smoothing))
+    assert float(volume.min()) >= 0.0
+    # each step moves the volume by at most step_size x the pass's change
+    assert float(torch.linalg.vector_norm(volume - noisy)) <= 5 * 0.2 * float(
+        torch.linalg.vector_norm(noisy - before)
+    ) * (1 + 1e-5)
+    unchanged = noisy.clone()
+    tv_steps(5, 0.2)(unchanged, noisy.clone())  # a pass that changed nothing: no TV step
+    assert torch.equal(unchanged, noisy)
+
+
+def test_asd_pocs_is_sart_passes_each_followed_by_the_tv_steps_then_the_hook():
+    truth = hu_to_attenuation(make_phantom("spine", (16, 16, 16), 8.0))
+    detector = Detector((24, 24), (8.0, 8.0))
+    matrices = np.stack(
+        [carm_projection_matrix(a, b, 700.0, 1100.0, detector) for a, b in ((0, 0), (60, 10), (120, -15), (170, 5))]
+    )
+    views = JosephProjector(truth.grid, matrices, (24, 24)).forward(torch.as_tensor(truth.array)).numpy()
+    seen = []
+    combined = asd_pocs(
+        views,
+        matrices,
+        truth.grid,
+        3,
+        relaxation=0.8,
+        tv_steps=4,
+        tv_step=0.3,
+        after_pass=lambda v, b: seen.append(float(v.sum())),
+    )
+    regularize = tv_steps(4, 0.3)
+    by_hand = sart(views, matrices, truth.grid, 3, relaxation=0.8, after_pass=regularize)
+    np.testing.assert_array_equal(combined.array, by_hand.array)
+    assert len(seen) == 3 and seen[-1] == pytest.approx(float(combined.array.sum(dtype=np.float64)), rel=1e-5)
+    # no TV steps: plain SART, bit for bit
+    plain = asd_pocs(views, matrices, truth.grid, 2, relaxation=0.5, tv_steps=0)
+    np.testing.assert_array_equal(plain.array, sart(views, matrices, truth.grid, 2, relaxation=0.5).array)
+    assert float(combined.array.min()) >= 0.0
