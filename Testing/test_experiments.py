@@ -194,7 +194,7 @@ def test_runner_local_order_and_errors(tmp_path):
 def test_standardization_experiment_tabulates_the_ablation_once(tmp_path, monkeypatch, capsys):
     """The command wires the ablation into the result store and tables; the ablation itself is
     exercised by Testing/test_standardize.py and benchmarks/bench_standardization.py."""
-    import ixgs_engine.standardize.ablation as ablation
+    import ixgs_engine.experiments.standardization as ablation
 
     calls = []
 

@@ -16,6 +16,7 @@ from ixgs_engine.errors import GeometryError, IXGSError
 from ixgs_engine.geometry.carm import Detector, carm_projection_matrix
 from ixgs_engine.geometry.projection import decompose_projection_matrix, normalize_projection_matrix, project_points
 from ixgs_engine.io.scan import load_projections, read_scan, write_scan
+from ixgs_engine.poses.calibrate import DetectionOptions, calibrate_scan, detect_scan, reprojection_summary
 from ixgs_engine.poses.correspondence import best_match, projected_beads
 from ixgs_engine.poses.detection import Detection, detect_beads, read_points
 from ixgs_engine.poses.estimation import dlt, pnp, polish_matrix, reprojection_errors
@@ -320,6 +321,29 @@ def test_cli_detect_then_estimate_writes_a_new_calibrated_scan(bead_scan, tmp_pa
         assert residual[~mask].max() < 1e-5 and residual[mask].max() < 0.25 * beads[index].max()
 
 
+def test_the_library_calibrates_a_scan_without_the_command_line(bead_scan, tmp_path):
+    """``poses.calibrate`` is the entry point the CLI only words: stages reported by name, the
+    calibrated scan written, ``overwrite`` named as a parameter when refused, the scan's own folder refused."""
+    folder, truth, phantom, *_ = bead_scan
+    scan = read_scan(folder / "scan", require_poses=False)
+    stages = []
+    calibration = calibrate_scan(scan, phantom, tmp_path / "out", stage_progress=lambda stage: stages.append(stage))
+    assert stages == ["detecting beads", "estimating poses"]
+    assert [pose.ok for pose in calibration.poses] == [True] * 3 and calibration.report.exists()
+    written = read_scan(calibration.scan_file.parent)
+    assert all(_bead_rms(P, T, phantom.positions) < 0.5 for P, T in zip(written.matrices, truth, strict=True))
+    median, worst = reprojection_summary(calibration)
+    assert 0.0 < median <= worst < 1.0
+    with pytest.raises(IXGSError, match="already holds a scan; pass `overwrite`"):
+        calibrate_scan(scan, phantom, tmp_path / "out")
+    with pytest.raises(IXGSError, match="is the scan folder"):
+        calibrate_scan(scan, phantom, folder / "scan", overwrite=True)
+    with pytest.raises(IXGSError, match="give manual `points`"):
+        detect_scan(scan, phantom, tmp_path / "d", DetectionOptions(auto=False))
+    found, path = detect_scan(scan, phantom, tmp_path / "d")
+    assert path.exists() and [len(view.detections) > 0 for view in found] == [True] * 3
+
+
 def test_estimate_without_intrinsics_uses_dlt_and_manual_points(bead_scan, tmp_path):
     folder, truth, *_ = bead_scan
     unknown = helix_phantom(20, 25.0, 90.0, 2.0, (6.0, 10.0), center=(50.0, 0.0, 0.0))
@@ -360,8 +384,8 @@ def test_bad_inputs_give_clear_messages(bead_scan, tmp_path, capsys):
     blank = ["poses", "estimate", str(tmp_path / "blank"), "--phantom", phantom_file, "-o", str(tmp_path / "o")]
     assert main(blank) == 2
     captured = capsys.readouterr()
-    assert "view 0 (images/000.tif): no beads found" in captured.out
-    assert "no view got a pose" in captured.err and not (tmp_path / "o" / "scan.json").exists()
+    assert "no view got a pose (views 0 (images/000.tif), 1 (images/001.tif): no beads found:" in captured.err
+    assert (tmp_path / "o" / "poses_report.json").exists() and not (tmp_path / "o" / "scan.json").exists()
     assert (
         main(
             [

@@ -14,7 +14,7 @@ from render_views import IMAGE, NORMALIZATION, normalized_views
 from ixgs_engine.gaussians import GaussianModel
 from ixgs_engine.geometry.carm import Detector, carm_projection_matrix
 from ixgs_engine.projector.joseph import JosephProjector
-from ixgs_engine.render import RenderBackend, get_backend, subgrid
+from ixgs_engine.render import RenderBackend, get_backend
 from ixgs_engine.volume import VolumeGrid
 
 FLIP_U = np.array([[-1.0, 0.0, IMAGE - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
@@ -189,7 +189,7 @@ def test_voxelizer_matches_direct_evaluation_and_subgrids(backend: RenderBackend
         expected += np.where(m2 < 9.0, rho * np.exp(-0.5 * m2), 0.0)
     np.testing.assert_allclose(volume.numpy().reshape(-1), expected, atol=1e-12)
 
-    block = subgrid(grid, (3, 5, 7), (10, 9, 8))
+    block = grid.block((3, 5, 7), (10, 9, 8))
     torch.testing.assert_close(backend.voxelize(means, covariances, densities, block), volume[3:13, 5:14, 7:15])
 
 

@@ -30,8 +30,8 @@ from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData
 from ixgs_engine.reconstruct.trainer import Trainer
 from ixgs_engine.render import backend as backend_module
-from ixgs_engine.render import get_backend, subgrid
-from ixgs_engine.render.renderer import TorchBackend
+from ixgs_engine.render import get_backend
+from ixgs_engine.render.torch_backend import TorchBackend
 from ixgs_engine.simulate import simulate_phantom_scan
 from ixgs_engine.volume import VolumeGrid
 
@@ -54,7 +54,6 @@ DEVICE = torch.device("cuda" if CUDA else "cpu")
 NORMALIZATION = SceneNormalization.from_roi(ROI(center=[0.0, 0.0, 0.0], size=[200.0, 200.0, 200.0]))
 HEIGHT, WIDTH = 30, 40  # neither a multiple of the 16-pixel tile across
 LOGGER = "ixgs_engine.render.backend"
-gpu = pytest.mark.gpu
 
 
 def views(height: int, width: int, pixel_mm: float) -> torch.Tensor:
@@ -135,7 +134,7 @@ def test_voxelize_matches_torch_on_a_rotated_grid_and_a_subvolume(dtype: torch.d
     spacing = np.array([0.12, 0.11, 0.13])
     centred = -rotation @ (spacing * (np.array([11, 12, 13]) - 1) / 2)  # the grid's centre at the origin
     grid = VolumeGrid((13, 12, 11), origin=centred, spacing=spacing, direction=rotation)
-    block = subgrid(grid, (2, 3, 4), (7, 9, 6))
+    block = grid.block((2, 3, 4), (7, 9, 6))
     inputs = scene(150, dtype, seed=2, matrices=views(HEIGHT, WIDTH, 5.0))
     full = None
     for target in (grid, block):
@@ -313,8 +312,7 @@ def assert_relative_l2(actual: torch.Tensor, expected: torch.Tensor, tolerance: 
     assert error <= tolerance, f"{what}: relative L2 difference {error:.3g}"
 
 
-@gpu
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_gpu_render_and_voxelize_match_torch_at_training_sizes(dtype: torch.dtype) -> None:
     """20k Gaussians, two 256^2 views and a 64^3 grid: compiled kernels vs the torch reference.
@@ -336,8 +334,7 @@ def test_gpu_render_and_voxelize_match_torch_at_training_sizes(dtype: torch.dtyp
                 assert_relative_l2(got, want, 1e-4 if index == 0 else 1e-3, f"{op} {name}")
 
 
-@gpu
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_gpu_auto_selects_triton(monkeypatch) -> None:
     monkeypatch.delenv(backend_module.BACKEND_VARIABLE, raising=False)
     assert backend_module.select_backend("cuda").name == "triton"

@@ -81,14 +81,14 @@ def parameter_node_fields(source: str) -> set[str]:
     raise AssertionError("no @parameterNodeWrapper class")
 
 
-def ui_widget_names(source: str) -> set[str]:
-    """Names used as ``self.ui.<name>`` in a module."""
+def attributes_of_self(source: str, holder: str) -> set[str]:
+    """Names used as ``self.<holder>.<name>`` in a module (``holder``: ``ui``, ``logic``)."""
     names = set()
     for node in ast.walk(ast.parse(source)):
         if (
             isinstance(node, ast.Attribute)
             and isinstance(node.value, ast.Attribute)
-            and node.value.attr == "ui"
+            and node.value.attr == holder
             and isinstance(node.value.value, ast.Name)
             and node.value.value.id == "self"
         ):
@@ -111,7 +111,7 @@ def test_ui_file_parses_and_matches_the_widget_and_parameter_node(module):
     source = "\n".join(path.read_text() for path in module_python_files(module))
     fields = parameter_node_fields(source)
     assert bound <= fields, f"widgets bound to unknown parameters: {bound - fields}"
-    missing = ui_widget_names(source) - set(widgets)
+    missing = attributes_of_self(source, "ui") - set(widgets)
     assert not missing, f"the code uses widgets the .ui lacks: {missing}"
     for combo in (w for w in widgets.values() if w.get("class") == "qMRMLNodeComboBox"):
         receivers = {
@@ -221,15 +221,7 @@ def test_the_reconstruction_widget_asks_its_logic_only_what_the_interface_declar
         ROOT / "IXGSReconstruction" / "IXGSReconstructionLib" / "widget.py",
         LIBRARIES["IXGSCommonLib"] / "IXGSCommonLib" / "scripted_module.py",
     ):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if (
-                isinstance(node, ast.Attribute)
-                and isinstance(node.value, ast.Attribute)
-                and node.value.attr == "logic"
-                and isinstance(node.value.value, ast.Name)
-                and node.value.value.id == "self"
-            ):
-                asked.add(node.attr)
+        asked |= attributes_of_self(path.read_text(), "logic")
     assert {"reconstruct", "loadScan", "cancelJob"} <= asked, "the walk must see the widget's calls"
     assert sorted(asked - declared) == []
     # The Logic implements all of it, with the parameters the interface names.

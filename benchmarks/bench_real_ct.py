@@ -78,7 +78,7 @@ SART_RELAXATION = 0.3
 # this benchmark's 192 x 192 stacks (and on 64 x 64, 63 x 64 and 60 x 60 ones, while 72 x 64 and
 # 64 x 72 run), whatever the thread count or volume direction.
 TV = {"gamma_tv": 0.001, "iterations": 10, "cg_iterations": 4, "tv_iterations": 10}
-# The control for IXGS's last stage: the same SART + TV passes (ours, reconstruct/refinement.py)
+# The control for IXGS's last stage: the same SART + TV passes (ours, reconstruct/final_passes.py)
 # from a zero volume instead of the Gaussians, scored after every pass (scoring kept out of the times).
 ASD_POCS = {"passes": 12, "relaxation": 0.8, "tv_steps": 10, "tv_step": 0.2}
 # Not run: TV in situ would reconstruct the 2.5x grown grid (15x the voxels; ASD-POCS took 47 min there on 2 cores).

@@ -44,7 +44,7 @@ CASE_TITLES = {
 }
 
 STUDIES_LINE = (
-    "The prototype studies behind the final SART + TV passes (`reconstruct/refinement.py`) are in "
+    "The prototype studies behind the final SART + TV passes (`reconstruct/final_passes.py`) are in "
     "[refinement_studies.md](refinement_studies.md)."
 )
 

@@ -2,7 +2,7 @@
 raw radiographs (plain normalization), raw -log detector data, standardized images and ideal
 bone-enhanced DRRs, and score images (2-D) and volumes (3-D).
 
-The logic is ``ixgs_engine.standardize.ablation.run_ablation`` (also behind
+The logic is ``ixgs_engine.experiments.standardization.run_ablation`` (also behind
 ``ixgs experiment standardization``); this script sets threads, runs it, prints the table and
 the standardized-minus-raw differences, and writes a JSON record and a markdown row to
 benchmarks/results/.
@@ -19,8 +19,8 @@ from pathlib import Path
 from common import RESULTS, host_description, load_average, save_results, set_threads, timed, utc_now
 
 from ixgs_engine.device import resolve_device
+from ixgs_engine.experiments.standardization import AblationSettings, run_ablation
 from ixgs_engine.progress import progress_bar
-from ixgs_engine.standardize.ablation import AblationSettings, run_ablation
 
 TABLE_HEAD = (
     "# Radiographic standardization ablation (unseen spine-phantom variant, realistic radiographs)\n\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,6 +63,13 @@ class VolumeGrid:
         """World positions (nz, ny, nx, 3) of every voxel centre."""
         k, j, i = np.meshgrid(*(np.arange(n) for n in self.shape), indexing="ij")
         return np.stack([i, j, k], axis=-1) @ self.index_to_world_matrix()[:3, :3].T + self.origin
+
+    def block(self, start: Sequence[int], shape: Sequence[int]) -> VolumeGrid:
+        """The block of this grid with ``shape`` (nz, ny, nx) starting at voxel index ``start``
+        (k, j, i): the same voxels, e.g. a random 32^3 sub-volume for the TV loss."""
+        k, j, i = (int(s) for s in start)
+        corner = self.index_to_world_matrix() @ np.array([i, j, k, 1.0])
+        return VolumeGrid(tuple(shape), origin=corner[:3], spacing=self.spacing.copy(), direction=self.direction.copy())
 
 
 class Volume(VolumeGrid):

@@ -91,7 +91,7 @@ def _add_experiment(subparsers) -> None:
         help="does radiographic standardization help? raw vs standardized vs ideal inputs",
         description="Train a standardization model on phantom variants (or use --model), image an unseen variant "
         "with realistic radiographs and reconstruct it from raw, -log, standardized and ideal DRR inputs "
-        "(ixgs_engine.standardize.ablation, docs/standardization.md).",
+        "(ixgs_engine.experiments.standardization, docs/standardization.md).",
     )
     ablation.add_argument("-o", "--output", required=True, help="output folder (results.json, tables, plot, work/)")
     ablation.add_argument("--size", type=count, default=64, help="phantom voxels per side (192 mm; default 64)")
@@ -132,8 +132,8 @@ def _run_standardization(args) -> int:
     from dataclasses import replace
 
     from ixgs_engine.experiments.runner import ResultStore
+    from ixgs_engine.experiments.standardization import AblationSettings, run_ablation
     from ixgs_engine.experiments.tables import write_generic_tables
-    from ixgs_engine.standardize.ablation import AblationSettings, run_ablation
 
     started = time.perf_counter()
     output = Path(args.output)

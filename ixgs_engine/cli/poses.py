@@ -1,20 +1,16 @@
-"""``ixgs poses make-phantom | detect | estimate``: the command-line face of the pose tools."""
+"""``ixgs poses make-phantom | detect | estimate``: the command-line face of the pose tools
+(``poses.calibrate``), which it only words."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from ixgs_engine.cli.options import count, finite, positive
 from ixgs_engine.errors import IXGSError
-from ixgs_engine.io import atomic_output
-from ixgs_engine.io.scan import SCAN_FILE, check_output_apart, load_view_pixels, read_scan, write_scan
+from ixgs_engine.io.scan import read_scan
 from ixgs_engine.progress import progress_bar
-
-REPORT_FILE = "poses_report.json"
-DETECTIONS_FILE = "detections.json"
 
 
 def add_commands(subparsers) -> None:
@@ -119,150 +115,60 @@ def _run_make_phantom(args) -> int:
 
 
 def _prepare(args):
-    """Scan, phantom, manual points and the output folder (never the scan's own folder)."""
+    """Scan, phantom and how to find the beads, from the command line."""
+    from ixgs_engine.poses.calibrate import DetectionOptions
     from ixgs_engine.poses.detection import read_points
     from ixgs_engine.poses.phantom import read_phantom
 
     scan = read_scan(args.scan, require_poses=False)
     phantom = read_phantom(args.phantom)
-    output = Path(args.output)
-    check_output_apart(output, scan.folder, "the poses' outputs")
     points = read_points(args.points, len(scan.views), phantom.count) if args.points else {}
-    if args.no_auto and not points:
-        raise IXGSError("--no-auto needs --points (manual points)")
-    return scan, phantom, output, points
+    radius = tuple(args.bead_radius_px) if args.bead_radius_px else None
+    return scan, phantom, DetectionOptions(points, not args.no_auto, radius)
 
 
-def _detect_all(args, scan, phantom, points):
-    from ixgs_engine.poses.pipeline import detect_view
-
-    progress = progress_bar("detecting beads")
-    found = []
-    for index in range(len(scan.views)):
-        found.append(
-            detect_view(
-                scan,
-                phantom,
-                index,
-                points.get(index),
-                not args.no_auto,
-                tuple(args.bead_radius_px) if args.bead_radius_px else None,
-            )
-        )
-        progress(index + 1, len(scan.views))
-    return found
+def _print_problems(views) -> None:
+    for view in views:
+        if view.message:
+            print(f"view {view.view} ({view.image}): {view.message}")
 
 
 def _run_detect(args) -> int:
-    from ixgs_engine.poses.overlays import overlay_png
-    from ixgs_engine.poses.pipeline import attenuation_image, write_detections
+    from ixgs_engine.poses.calibrate import detect_scan
 
     started = time.perf_counter()
-    scan, phantom, output, points = _prepare(args)
-    if (output / DETECTIONS_FILE).exists() and not args.overwrite:
-        raise IXGSError(f"{output / DETECTIONS_FILE} exists; pass --overwrite or choose another folder")
-    found = _detect_all(args, scan, phantom, points)
-    write_detections(output / DETECTIONS_FILE, scan, phantom, found)
-    for view in found:
-        overlay_png(
-            output / "overlays" / f"view_{view.view:03d}.png",
-            attenuation_image(scan, view.view),
-            view.detections,
-            caption=f"view {view.view}: {len(view.detections)} detections, confidence {view.confidence:.2f}",
-        )
-    for view in found:
-        if view.message:
-            print(f"view {view.view} ({view.image}): {view.message}")
+    scan, phantom, options = _prepare(args)
+    found, path = detect_scan(scan, phantom, args.output, options, args.overwrite, progress_bar)
+    _print_problems(found)
     total = sum(len(v.detections) for v in found)
     print(
         f"detected {total} beads in {len(found)} views ({sum(1 for v in found if not v.message)} usable) in "
-        f"{time.perf_counter() - started:.1f} s -> {output / DETECTIONS_FILE}"
+        f"{time.perf_counter() - started:.1f} s -> {path}"
     )
     return 0
 
 
 def _run_estimate(args) -> int:
-    import numpy as np
-
-    from ixgs_engine.poses.detection import merge_manual, view_confidence
-    from ixgs_engine.poses.inpainting import bead_mask, inpaint
-    from ixgs_engine.poses.overlays import overlay_png
-    from ixgs_engine.poses.pipeline import attenuation_image, detection_problem, estimate_scan, read_detections
+    from ixgs_engine.poses.calibrate import calibrate_scan, reprojection_summary
 
     started = time.perf_counter()
-    scan, phantom, output, points = _prepare(args)
-    if (output / SCAN_FILE).exists() and not args.overwrite:
-        raise IXGSError(f"{output} already holds a scan; pass --overwrite or choose another folder")
-    if args.detections:
-        found = read_detections(args.detections, scan)
-        for view in found:
-            view.detections = merge_manual(view.detections, points.get(view.view, []))
-            # judged again: manual points may complete a view whose detection failed (and this phantom may differ)
-            view.confidence = view_confidence(view.detections, phantom.count)
-            view.message = detection_problem(view.detections, phantom)
-    else:
-        found = _detect_all(args, scan, phantom, points)
-    poses = estimate_scan(
+    scan, phantom, options = _prepare(args)
+    calibration = calibrate_scan(
         scan,
         phantom,
-        found,
+        args.output,
+        options,
+        detections=args.detections,
+        inpaint_beads=args.inpaint,
         refine_intrinsics=args.refine_intrinsics,
         max_rms_px=args.max_rms,
-        progress=progress_bar("estimating poses"),
+        overwrite=args.overwrite,
+        stage_progress=progress_bar,
     )
-    good = [p for p in poses if p.ok]
-    for pose in poses:
-        overlay_png(
-            output / "overlays" / f"view_{pose.view:03d}.png",
-            attenuation_image(scan, pose.view),
-            found[pose.view].detections,
-            phantom,
-            pose.matrix,
-            caption=f"view {pose.view}: "
-            + (f"{len(pose.pairs)} beads, RMS {pose.rms_px:.2f} px" if pose.ok else "FAILED"),
-        )
-    report = {
-        "scan": str(scan.folder),
-        "phantom": phantom.name,
-        "views": [p.to_dict() for p in poses],
-        "ok_views": len(good),
-        "failed_views": len(poses) - len(good),
-    }
-    with atomic_output(output / REPORT_FILE) as temp:
-        temp.write_text(json.dumps(report, indent=1))
-    for pose in poses:
-        if not pose.ok:
-            print(f"view {pose.view} ({pose.image}): {pose.message}")
-    if not good:
-        raise IXGSError(f"no view got a pose (see the messages above and {output / REPORT_FILE}); no scan written")
-    images = []
-    for pose in good:
-        pixels = load_view_pixels(scan, pose.view)
-        images.append(inpaint(pixels, bead_mask(pose.matrix, phantom, pixels.shape)) if args.inpaint else pixels)
-    spacings = {scan.views[p.view].pixel_spacing for p in good}
-    extra = {
-        "poses": {
-            "source_scan": str(scan.folder.resolve()),
-            "source_views": [p.view for p in good],
-            "phantom": phantom.name,
-            "report": REPORT_FILE,
-            "inpainted": bool(args.inpaint),
-        }
-    }
-    if scan.i0 is not None:
-        extra["i0"] = scan.i0
-    path = write_scan(
-        output,
-        images,
-        [p.matrix for p in good],
-        scan.image_kind,
-        scan.roi,
-        spacings.pop() if len(spacings) == 1 else None,
-        extra=extra,
-    )
-    rms = np.array([p.rms_px for p in good])
+    _print_problems(pose for pose in calibration.poses if not pose.ok)
+    median, worst = reprojection_summary(calibration)
     print(
-        f"estimated {len(good)}/{len(poses)} views, reprojection RMS median {np.median(rms):.3f} px (worst "
-        f"{rms.max():.3f} px), in {time.perf_counter() - started:.1f} s -> {path}"
+        f"estimated {len(calibration.calibrated)}/{len(calibration.poses)} views, reprojection RMS median "
+        f"{median:.3f} px (worst {worst:.3f} px), in {time.perf_counter() - started:.1f} s -> {calibration.scan_file}"
     )
     return 0

@@ -1,2 +1,2 @@
 """Experiments for researchers: baselines (RTK SART/FDK), view-count and pose-robustness
-sweeps, batches of scans, run locally or on a Ray/Dask cluster."""
+sweeps, the standardization ablation, batches of scans, run locally or on a Ray/Dask cluster."""

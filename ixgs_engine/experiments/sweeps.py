@@ -44,8 +44,6 @@ FIELD_OF_VIEW_MM = 192.0  # the phantom's field of view, whatever the grid size 
 PANEL_MM = 409.6  # the engine's default simulated panel width (256 x 1.6 mm)
 PRIMARY_RANGE = (-100.0, 100.0)  # C-arm primary angles of both orbits (deg)
 RESULTS_FILE = "results.json"
-VIEW_COUNTS = (5, 10, 15, 20, 25, 30, 50)
-POSE_NOISE = ((0.0, 0.0), (0.5, 1.0), (1.0, 2.5), (2.0, 5.0))  # (deg, mm)
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,6 @@ CONFIG_COLUMNS = (
 )
 
 
-def _ordered(rows: dict, keys: list[str]) -> list[dict]:
-    return [rows[k] for k in keys if k in rows]
-
-
 def _markdown_table(title: str, head: list[str], body: list[list[str]]) -> list[str]:
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return lines + ["| " + " | ".join(cells) + " |" for cells in body]

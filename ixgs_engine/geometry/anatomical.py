@@ -39,9 +39,6 @@ def lps_to_ras_transform(matrix: np.ndarray) -> np.ndarray:
     return LPS_TO_RAS @ np.asarray(matrix, dtype=np.float64) @ LPS_TO_RAS
 
 
-ras_to_lps_transform = lps_to_ras_transform
-
-
 def ijk_to_ras_matrix(grid: VolumeGrid) -> np.ndarray:
     """4x4 matrix taking voxel indices (i, j, k, 1) to RAS mm, as Slicer's volume nodes hold it."""
     return LPS_TO_RAS @ grid.index_to_world_matrix()

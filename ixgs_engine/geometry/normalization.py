@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ixgs_engine.geometry.roi import ROI
+from ixgs_engine.volume import VolumeGrid
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,15 @@ class SceneNormalization:
     def projection_to_normalized(self, matrix: np.ndarray) -> np.ndarray:
         """P acting on normalized points (same pixels): ``P @ T^-1``."""
         return np.asarray(matrix, dtype=np.float64) @ self.normalized_to_world_matrix()
+
+    def grid_to_normalized(self, grid: VolumeGrid) -> VolumeGrid:
+        """A world-mm voxel grid expressed in normalized coordinates (the same voxels)."""
+        return VolumeGrid(
+            grid.shape,
+            origin=self.to_normalized(grid.origin),
+            spacing=grid.spacing * self.scale,
+            direction=self.direction @ grid.direction,
+        )
 
     def attenuation_to_normalized(self, mu_per_mm: np.ndarray | float) -> np.ndarray | float:
         """Density per normalized length unit that gives the same line integrals."""

@@ -18,7 +18,7 @@ from ixgs_engine.reconstruct.presets import DEFAULT_PRESET, PRESET_SUMMARIES
 class FinalPasses:
     """The SART passes over the full-resolution views after the training, started from the
     voxelized Gaussians, each followed by ``tv_steps`` TV descent steps of ``tv_step`` times the
-    pass's change (ASD-POCS, ``reconstruct/refinement.py``); they restore detail the views
+    pass's change (ASD-POCS, ``reconstruct/final_passes.py``); they restore detail the views
     measure that a short training leaves blurred. ``passes`` 0: the volume is the Gaussians alone."""
 
     passes: int = 0

@@ -16,7 +16,7 @@ from ixgs_engine.geometry.roi import ROI, roi_grid
 from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData, detector_voxel_size
-from ixgs_engine.render.backend import RenderBackend, normalized_grid
+from ixgs_engine.render.backend import RenderBackend
 from ixgs_engine.volume import VolumeGrid
 
 CALIBRATION_VIEWS = 8
@@ -64,7 +64,7 @@ def _sart_volume(
         device=data.targets.device,
         progress=progress,
     )
-    return data.scene.attenuation_to_normalized(volume.array), normalized_grid(grid, data.scene)
+    return data.scene.attenuation_to_normalized(volume.array), data.scene.grid_to_normalized(grid)
 
 
 def sart_start(

@@ -20,7 +20,7 @@ from ixgs_engine.io.volumes import write_volume
 from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData
-from ixgs_engine.reconstruct.refinement import Refinement, sart_refinement
+from ixgs_engine.reconstruct.final_passes import PassesResult, run_final_passes
 from ixgs_engine.reconstruct.voxelize import voxelize_volume
 from ixgs_engine.render.backend import RenderBackend
 from ixgs_engine.volume import Volume, VolumeGrid
@@ -58,14 +58,14 @@ def final_volume(
     backend: RenderBackend,
     config: ReconstructionConfig,
     progress: ProgressCallback | None = None,
-) -> Refinement:
+) -> PassesResult:
     """What a run writes: the Gaussians voxelized on ``grid``, then the config's final SART + TV
-    passes over ``data`` (the views at full resolution) started from them (see ``refinement``),
+    passes over ``data`` (the views at full resolution) started from them (see ``final_passes``),
     with what the passes found around the ROI. A voxelized volume that is not finite everywhere,
     or zero everywhere, is refused."""
     volume = voxelize_volume(model, data.scene, data.roi, grid, backend)
     _check_volume(volume)
-    return sart_refinement(volume, model, data, backend, config.final_passes, progress, config.domain_scale)
+    return run_final_passes(volume, model, data, backend, config.final_passes, progress, config.domain_scale)
 
 
 def _check_volume(volume: Volume) -> None:

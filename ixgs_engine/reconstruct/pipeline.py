@@ -46,7 +46,7 @@ class ReconstructionSummary:
     heldout_views: list[int] = field(default_factory=list)
     preset: str = "custom"
     estimated_seconds: float | None = None
-    # What the final SART passes found around the ROI (refinement.Refinement.record).
+    # What the final SART passes found around the ROI (final_passes.PassesResult.record).
     refinement: dict | None = None
 
     def line(self) -> str:

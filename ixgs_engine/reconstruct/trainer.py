@@ -33,7 +33,7 @@ from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData
 from ixgs_engine.reconstruct.initialization import ModelDomain, initial_model
 from ixgs_engine.reconstruct.losses import dssim_loss, l1_loss, tv_3d_loss
-from ixgs_engine.render.backend import RenderBackend, normalized_grid, subgrid
+from ixgs_engine.render.backend import RenderBackend
 
 LEARNING_RATES = {
     "positions": "lr_positions",
@@ -94,7 +94,7 @@ class Trainer:
         self.stage_progress = stage_progress
         self.data_range = float(data.targets.max().clamp_min(1e-6))  # D-SSIM's range, fixed for the run
         tv_voxel = float(data.roi.size.max()) / config.tv_grid_size
-        self.tv_grid = normalized_grid(roi_grid(data.roi, tv_voxel), data.scene)
+        self.tv_grid = data.scene.grid_to_normalized(roi_grid(data.roi, tv_voxel))
         self.domain = ModelDomain.of(data, config)
         self.densification = config.densification
         # Pruned outside the model's domain, refined only near the ROI (half-sizes, normalized units).
@@ -184,7 +184,7 @@ class Trainer:
     def _tv_block(self):
         size = min(self.config.tv_size, *self.tv_grid.shape)
         start = [int(torch.randint(0, n - size + 1, (1,), generator=self.generator)) for n in self.tv_grid.shape]
-        return subgrid(self.tv_grid, start, (size, size, size))
+        return self.tv_grid.block(start, (size, size, size))
 
     def _views_at(self, step: int) -> TrainingData:
         """The views step ``step`` trains on: full resolution once the coarse steps are done."""

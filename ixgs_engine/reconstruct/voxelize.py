@@ -8,7 +8,7 @@ import torch
 from ixgs_engine.gaussians.model import GaussianModel
 from ixgs_engine.geometry.normalization import SceneNormalization
 from ixgs_engine.geometry.roi import ROI
-from ixgs_engine.render.backend import RenderBackend, normalized_grid, subgrid
+from ixgs_engine.render.backend import RenderBackend
 from ixgs_engine.volume import Volume, VolumeGrid
 
 SLAB_VOXELS = 1 << 21
@@ -21,7 +21,7 @@ def voxelize_volume(
     time to bound memory: those centred in the ROI inside it, the others outside it (the
     partition the training renders, see ``RenderBackend``)."""
     support = tuple(float(h) for h in scene.half_sizes(roi))
-    normalized = normalized_grid(grid, scene)
+    normalized = scene.grid_to_normalized(grid)
     nz, ny, nx = grid.shape
     slab = max(1, SLAB_VOXELS // (ny * nx))
     values = np.empty(grid.shape, dtype=np.float32)
@@ -30,7 +30,7 @@ def voxelize_volume(
         for start in range(0, nz, slab):
             depth = min(slab, nz - start)
             block = backend.voxelize(
-                means, covariances, densities, subgrid(normalized, (start, 0, 0), (depth, ny, nx)), support
+                means, covariances, densities, normalized.block((start, 0, 0), (depth, ny, nx)), support
             )
             values[start : start + depth] = block.cpu().numpy()
     return Volume.on_grid(grid, scene.attenuation_to_world(values).astype(np.float32))

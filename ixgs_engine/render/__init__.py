@@ -4,9 +4,7 @@ from ixgs_engine.render.backend import (
     RenderBackend,
     available_backends,
     get_backend,
-    normalized_grid,
     register_backend,
-    subgrid,
 )
 
-__all__ = ["RenderBackend", "available_backends", "get_backend", "normalized_grid", "register_backend", "subgrid"]
+__all__ = ["RenderBackend", "available_backends", "get_backend", "register_backend"]

@@ -1,5 +1,4 @@
-"""The render contract: what every backend computes, how backends are found, and the grids
-the voxelizer fills.
+"""The render contract: what every backend computes and how backends are found.
 
 All inputs live in the normalized scene ([-1, 1]^3, see ``geometry/normalization.py``):
 Gaussian means (N, 3), covariances (N, 3, 3), densities (N,) (peak values per normalized
@@ -34,11 +33,9 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-import numpy as np
 import torch
 
 from ixgs_engine.errors import IXGSError
-from ixgs_engine.geometry.normalization import SceneNormalization
 from ixgs_engine.volume import VolumeGrid
 
 
@@ -74,7 +71,7 @@ class RenderBackend(Protocol):
 
 
 _BACKENDS: dict[str, str | Callable[[], RenderBackend]] = {
-    "torch": "ixgs_engine.render.renderer:TorchBackend",
+    "torch": "ixgs_engine.render.torch_backend:TorchBackend",
     "triton": "ixgs_engine.render.triton_backend:TritonBackend",
 }
 BACKEND_VARIABLE = "IXGS_RENDER_BACKEND"  # auto (default), torch or triton: what select_backend uses
@@ -136,21 +133,3 @@ def select_backend(device: torch.device | str, name: str | None = None) -> Rende
         return get_backend("torch")
     _log.info("render backend: triton on %s", torch.cuda.get_device_name(device))
     return fast
-
-
-def normalized_grid(grid: VolumeGrid, normalization: SceneNormalization) -> VolumeGrid:
-    """A world-mm voxel grid expressed in normalized scene coordinates (same voxels)."""
-    return VolumeGrid(
-        grid.shape,
-        origin=normalization.to_normalized(grid.origin),
-        spacing=grid.spacing * normalization.scale,
-        direction=normalization.direction @ grid.direction,
-    )
-
-
-def subgrid(grid: VolumeGrid, start: Sequence[int], shape: Sequence[int]) -> VolumeGrid:
-    """The block of ``grid`` with ``shape`` (nz, ny, nx) starting at voxel index ``start``
-    (k, j, i): e.g. a random 32^3 sub-volume for the TV loss."""
-    k, j, i = (int(s) for s in start)
-    corner = grid.index_to_world_matrix() @ np.array([i, j, k, 1.0])
-    return VolumeGrid(tuple(shape), origin=corner[:3], spacing=grid.spacing.copy(), direction=grid.direction.copy())

@@ -4,7 +4,7 @@
 (``splats.project``) or place them on a voxel grid (``splats.voxel_splats``), part them at the
 support box's faces, and hand the per-sample sums to its :class:`~ixgs_engine.render.splats.Accumulator`.
 The splats that straddle a face are weighted per sample by their share on their side of the box;
-that cut sum has one implementation, the torch windows (``torch_backend.cut_window_sum``), whatever
+that cut sum has one implementation, the torch windows (``torch_windows.cut_window_sum``), whatever
 the accumulator: it concerns the few Gaussians near the ROI's faces.
 """
 
@@ -25,7 +25,7 @@ from ixgs_engine.render.splats import (
     voxel_splats,
     voxels_in_support,
 )
-from ixgs_engine.render.torch_backend import TorchAccumulator, cut_window_sum
+from ixgs_engine.render.torch_windows import cut_window_sum
 from ixgs_engine.volume import VolumeGrid
 
 
@@ -104,12 +104,3 @@ class SplatRenderer:
     ) -> torch.Tensor:
         splats, samples = voxel_splats(means, covariances, densities, grid)
         return self.accumulator.accumulate(splats, samples).reshape(grid.shape)
-
-
-class TorchBackend(SplatRenderer):
-    """The reference backend, the splat stage with :class:`TorchAccumulator`: runs wherever
-    PyTorch does, on the device of its inputs (``chunk_elements``: window samples per chunk,
-    None for the device's default)."""
-
-    def __init__(self, chunk_elements: int | None = None) -> None:
-        super().__init__(TorchAccumulator(chunk_elements), chunk_elements)

@@ -5,7 +5,7 @@ cut that define what a backend sums.
 Per-Gaussian geometry (projection, footprint, line-integral factor, window placement) is O(N)
 and computed in float64, so thin Gaussians keep their small eigenvalues. What a backend adds is
 an :class:`Accumulator`: the O(samples x Gaussians) sum of the splats at the samples of a
-:class:`SampleGrid` (``render/torch_backend.py``: chunked windows in PyTorch, the reference;
+:class:`SampleGrid` (``render/torch_windows.py``: chunked windows in PyTorch, the reference;
 ``render/triton_backend.py``: tile-binned Triton kernels). ``render/renderer.py`` composes the
 two into a :class:`~ixgs_engine.render.backend.RenderBackend`.
 """

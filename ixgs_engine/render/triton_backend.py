@@ -20,8 +20,9 @@ from torch.autograd.function import once_differentiable
 
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.render import triton_kernels
-from ixgs_engine.render.renderer import SplatRenderer, TorchBackend
+from ixgs_engine.render.renderer import SplatRenderer
 from ixgs_engine.render.splats import SampleGrid, Splats, cutoff_boxes, inverse_symmetric, monomial_pairs
+from ixgs_engine.render.torch_backend import TorchBackend
 from ixgs_engine.volume import VolumeGrid
 
 TILE_SHAPES = {2: (16, 16, 1), 3: (8, 8, 8)}  # samples per tile along x, y, z

@@ -88,7 +88,7 @@ def surroundings_shell(
 
 
 @dataclass(frozen=True)
-class Refinement:
+class PassesResult:
     """What the passes wrote, and what they found around the ROI: the share of the views' line
     integrals the Gaussians around it carry (None without passes) and the shell solved with it
     (a truncated patient)."""
@@ -111,7 +111,7 @@ class Refinement:
         return {"surroundings_share": share, "shell": shell}
 
 
-def sart_refinement(
+def run_final_passes(
     volume: Volume,
     model: GaussianModel,
     data: TrainingData,
@@ -119,7 +119,7 @@ def sart_refinement(
     passes: FinalPasses,
     progress: ProgressCallback | None = None,
     domain_scale: float = 2.5,
-) -> Refinement:
+) -> PassesResult:
     """``passes.passes`` SART passes over ``data``'s views (full resolution, world units) on
     ``volume``'s grid, started from ``volume`` (the voxelized Gaussians, 1/mm), each followed by
     ``passes.tv_steps`` TV descent steps (``classical.asd_pocs``); non-negative; ``progress(done,
@@ -128,7 +128,7 @@ def sart_refinement(
     the model's domain (``domain_scale``) solved alongside (see above). No passes: ``volume``
     as it is."""
     if passes.passes < 1:
-        return Refinement(volume)
+        return PassesResult(volume)
     measured = data.targets.cpu().numpy()
     surroundings = float(surroundings_projections(model, data, backend).sum(dtype=np.float64))
     share = surroundings / max(float(measured.sum(dtype=np.float64)), 1e-12)
@@ -159,4 +159,4 @@ def sart_refinement(
         progress=progress,
         shell=shell,
     )
-    return Refinement(refined, share, shell)
+    return PassesResult(refined, share, shell)

@@ -1,4 +1,4 @@
-"""The SART refinement after the training (reconstruct/refinement.py): it moves the volume
+"""The SART refinement after the training (reconstruct/final_passes.py): it moves the volume
 toward what the views measure, leaves a specimen's Gaussians just outside its faces to its
 border voxels, solves a shell around the ROI for a truncated patient instead of piling the
 patient into the ROI, runs from the command line, and stops and resumes like the training."""
@@ -21,10 +21,10 @@ from ixgs_engine.gaussians.model import GaussianModel
 from ixgs_engine.io.scan import load_projections, read_scan
 from ixgs_engine.io.volumes import read_volume
 from ixgs_engine.projector.joseph import JosephProjector
-from ixgs_engine.reconstruct import pipeline, refinement
+from ixgs_engine.reconstruct import final_passes, pipeline
 from ixgs_engine.reconstruct.config import FinalPasses, ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData
-from ixgs_engine.reconstruct.refinement import TRUNCATED_SHARE, sart_refinement, surroundings_projections
+from ixgs_engine.reconstruct.final_passes import TRUNCATED_SHARE, run_final_passes, surroundings_projections
 from ixgs_engine.reconstruct.run_files import read_summary
 from ixgs_engine.reconstruct.trainer import ReconstructionCancelled
 from ixgs_engine.render.backend import get_backend
@@ -74,11 +74,11 @@ def test_sart_passes_bring_a_blurred_volume_closer_to_the_truth_and_the_views(sc
     start = truth.with_array(gaussian_filter(truth.array, 1.5).astype(np.float32))
     inside_only = _gaussians(data, np.zeros((1, 3)), 0.05, 1.0)  # nothing around the ROI
     views = data.targets.numpy()
-    refined = sart_refinement(start, inside_only, data, get_backend("torch"), FinalPasses(3, 0.8, tv_steps=0)).volume
+    refined = run_final_passes(start, inside_only, data, get_backend("torch"), FinalPasses(3, 0.8, tv_steps=0)).volume
     assert _same_grid(refined, start)
     assert psnr_3d(refined.array, truth) > psnr_3d(start.array, truth) + 1.0
     assert _residual(refined, views, data) < 0.5 * _residual(start, views, data)
-    assert sart_refinement(start, inside_only, data, get_backend("torch"), FinalPasses(0)).volume is start
+    assert run_final_passes(start, inside_only, data, get_backend("torch"), FinalPasses(0)).volume is start
 
 
 def test_gaussians_inside_the_roi_do_not_count_as_its_surroundings(data):
@@ -101,7 +101,7 @@ def test_a_specimens_gaussians_just_outside_its_faces_are_not_taken_off_the_view
     seen = surroundings_projections(tails, data, backend)
     share = seen.sum() / data.targets.numpy().sum()
     assert 0.01 < share < TRUNCATED_SHARE  # a specimen's share: no shell
-    refinement_run = sart_refinement(truth, tails, data, backend, FinalPasses(2, 0.8, tv_steps=0))
+    refinement_run = run_final_passes(truth, tails, data, backend, FinalPasses(2, 0.8, tv_steps=0))
     assert refinement_run.shell is None and refinement_run.surroundings_share == pytest.approx(share, rel=1e-4)
     refined = refinement_run.volume
     taken_off = sart(
@@ -126,8 +126,8 @@ def test_the_patient_around_the_roi_is_fitted_in_a_shell_not_piled_into_the_roi(
     seen = surroundings_projections(surroundings, data, backend)
     assert seen.mean() > 0.2 * data.targets.numpy().mean() > TRUNCATED_SHARE * data.targets.numpy().mean()
     insitu = replace(data, targets=data.targets + torch.as_tensor(seen))
-    refined = sart_refinement(truth, surroundings, insitu, backend, FinalPasses(2, 0.8, tv_steps=0)).volume
-    piled = sart_refinement(
+    refined = run_final_passes(truth, surroundings, insitu, backend, FinalPasses(2, 0.8, tv_steps=0)).volume
+    piled = run_final_passes(
         truth, _gaussians(data, np.zeros((1, 3)), 0.05, 1e-6), insitu, backend, FinalPasses(2, 0.8, tv_steps=0)
     ).volume
     assert abs(refined.array.mean() / truth.array.mean() - 1.0) < 0.02
@@ -156,8 +156,8 @@ def test_a_truncated_patient_gets_a_shell_solved_around_the_roi_instead_of_pilin
     estimated_share = surroundings_projections(estimate, data, backend).sum() / insitu.targets.numpy().sum()
     assert estimated_share > TRUNCATED_SHARE
     start = truth.with_array(gaussian_filter(truth.array, 1.5).astype(np.float32))
-    with caplog.at_level("INFO", logger="ixgs_engine.reconstruct.refinement"):
-        shelled_run = sart_refinement(start, estimate, insitu, backend, FinalPasses(3, 0.8, tv_steps=0))
+    with caplog.at_level("INFO", logger="ixgs_engine.reconstruct.final_passes"):
+        shelled_run = run_final_passes(start, estimate, insitu, backend, FinalPasses(3, 0.8, tv_steps=0))
     shelled = shelled_run.volume
     assert shelled_run.record() == {
         "surroundings_share": round(float(estimated_share), 4),
@@ -165,8 +165,8 @@ def test_a_truncated_patient_gets_a_shell_solved_around_the_roi_instead_of_pilin
     }
     assert f"{100 * estimated_share:.0f}% of what the views measure lies outside the ROI" in caplog.text
     assert "also solve a 30x30x30 grid of 16.0 mm voxels around it (in the first 2 passes)" in caplog.text
-    monkeypatch.setattr(refinement, "TRUNCATED_SHARE", 1.0)  # the ROI-only passes, for comparison
-    roi_only = sart_refinement(start, estimate, insitu, backend, FinalPasses(3, 0.8, tv_steps=0)).volume
+    monkeypatch.setattr(final_passes, "TRUNCATED_SHARE", 1.0)  # the ROI-only passes, for comparison
+    roi_only = run_final_passes(start, estimate, insitu, backend, FinalPasses(3, 0.8, tv_steps=0)).volume
     assert _same_grid(shelled, start)
     assert abs(shelled.array.mean() / truth.array.mean() - 1.0) < 0.35
     assert psnr_3d(shelled.array, truth) > psnr_3d(start.array, truth) - 1.5
