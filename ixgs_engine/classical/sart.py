@@ -73,8 +73,15 @@ def sart(
     progress: ProgressCallback | None = None,
     after_pass: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
     shell: Shell | None = None,
+    min_ray_mm: float = 0.0,
 ) -> Volume:
     """Reconstruct attenuation (same units as projections per mm) on ``grid``.
+
+    ``min_ray_mm`` damps the voxels at the grid's corners and edges: a ray's residual is divided
+    by its length through the grid or at least ``min_ray_mm`` (a ray clipping a corner for a
+    fraction of a voxel would otherwise put its whole residual there: with data not exactly
+    consistent with the grid, such as poses slightly off, those voxels grow without bound).
+    0: plain SART.
 
     ``iterations`` counts full passes over all views; ``progress(done, total)`` is called
     after each subset update; ``after_pass(volume, before)`` after each pass, with the volume
@@ -112,7 +119,8 @@ def sart(
             residual = values[views] - sub.forward(volume)
             if around is not None:
                 residual -= around.projection(index)
-            normalized = torch.where(lengths > 1e-6, residual / lengths.clamp_min(1e-6), torch.zeros_like(residual))
+            floor = max(min_ray_mm, 1e-6)
+            normalized = torch.where(lengths > 1e-6, residual / lengths.clamp_min(floor), torch.zeros_like(residual))
             if weights is None:
                 weights = sub.adjoint(torch.ones_like(lengths))
             volume += relaxation * _normalized_back_projection(sub, normalized, weights)

@@ -128,6 +128,12 @@ def add_reconstruct_options(parser: argparse.ArgumentParser, default_preset: str
         metavar="K",
         help="keep every K-th view out of training (recorded in summary.json) for `ixgs evaluate`",
     )
+    parser.add_argument(
+        "--refine-poses",
+        choices=("off", "on", "auto"),
+        help="refine every view's pose (rotation + translation about the ROI centre) with the volume: on; auto "
+        "keeps the given poses when the corrections come out negligible; off (default: the preset's, off)",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(
         "--voxel-size", type=positive, help="output voxel size in mm (default: detector pixel at the ROI centre)"
@@ -156,7 +162,7 @@ def config_from(args):
             num_gaussians=args.gaussians,
             seed=args.seed,
             holdout_every=args.holdout_every,
-            **{"final_passes.passes": args.sart_passes},
+            **{"final_passes.passes": args.sart_passes, "poses.mode": args.refine_poses},
         )
     except ValueError as error:  # e.g. --iterations 0 or --holdout-every 1
         raise IXGSError(f"invalid reconstruction options: {error}") from None

@@ -74,6 +74,7 @@ def _warn_ignored_on_resume(args, default_preset: str) -> None:
         "--seed": args.seed,
         "--holdout-every": args.holdout_every,
         "--sart-passes": args.sart_passes,
+        "--refine-poses": args.refine_poses,
     }
     ignored = [f"{flag} {value}" for flag, value in given.items() if value is not None]
     if ignored:
@@ -104,6 +105,8 @@ def _run_reconstruct(args) -> int:
         resume_iterations=args.iterations,
         stage_progress=_stage_progress,
     )
+    if summary.poses_line() is not None:
+        print(summary.poses_line())
     print(summary.line())
     return 0
 

@@ -98,6 +98,21 @@ def perturb_matrices(
     return np.stack(out)
 
 
+def calibration_errors(
+    count: int, rotation_sd_deg: float, translation_sd_mm: float, centre: Sequence[float], seed: int
+) -> np.ndarray:
+    """Per view a 4x4 world motion ``T(X) = R (X - c) + c + t``, a calibration error: the rotation
+    vector and ``t`` drawn per axis with these sd (degrees, mm); a view's wrong matrix is ``P T``."""
+    rng = np.random.default_rng(seed)
+    centre = np.asarray(centre, dtype=np.float64)
+    motions = np.tile(np.eye(4), (count, 1, 1))
+    for motion in motions:
+        rotation = Rotation.from_rotvec(np.radians(rng.normal(0.0, rotation_sd_deg, 3))).as_matrix()
+        motion[:3, :3] = rotation
+        motion[:3, 3] = centre - rotation @ centre + rng.normal(0.0, translation_sd_mm, 3)
+    return motions
+
+
 def phantom_truth(settings: Settings) -> Volume:
     """The phantom's attenuation (1/mm) on a ``size``^3 grid over the field of view."""
     size = settings.size

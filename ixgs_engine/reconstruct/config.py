@@ -2,7 +2,8 @@
 
 Settings nest by owner: the densification strategy's are its own dataclass
 (``gaussians.densification.DensificationStrategy``), the final SART + TV passes' are
-:class:`FinalPasses`; ``ReconstructionConfig`` holds one of each beside the training's own."""
+:class:`FinalPasses`, the pose refinement's ``pose_refinement.PoseRefinement``;
+``ReconstructionConfig`` holds one of each beside the training's own."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 from ixgs_engine.gaussians.densification import DensificationStrategy
+from ixgs_engine.reconstruct.pose_refinement import PoseRefinement
 from ixgs_engine.reconstruct.presets import DEFAULT_PRESET, PRESET_SUMMARIES
 
 
@@ -25,6 +27,9 @@ class FinalPasses:
     relaxation: float = 0.8
     tv_steps: int = 10
     tv_step: float = 0.2
+    # Each ray's residual is divided by at least this many voxel sizes (``classical.sart.sart``):
+    # poses slightly off (real C-arms) otherwise put huge values into the box's corners.
+    min_ray_voxels: float = 4.0
 
     def __post_init__(self) -> None:
         if self.passes < 0:
@@ -35,6 +40,8 @@ class FinalPasses:
             raise ValueError(
                 f"the final passes' tv_steps and tv_step must be 0 or more, got {self.tv_steps}, {self.tv_step}"
             )
+        if not self.min_ray_voxels >= 0:
+            raise ValueError(f"the final passes' min_ray_voxels must be 0 or more, got {self.min_ray_voxels}")
 
 
 # The flat names of settings that now nest (checkpoints and summaries written before), by group.
@@ -86,6 +93,7 @@ class ReconstructionConfig:
     holdout_every: int = 0  # > 1: views k-1, 2k-1, ... are kept out of training, for evaluation
     densification: DensificationStrategy = field(default_factory=DensificationStrategy)
     final_passes: FinalPasses = field(default_factory=FinalPasses)
+    poses: PoseRefinement = field(default_factory=PoseRefinement)
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.views_per_step < 1 or self.num_gaussians < 1:
@@ -113,7 +121,9 @@ class ReconstructionConfig:
         """The config ``to_dict`` wrote (flat names of settings that now nest, as checkpoints
         and summaries of earlier versions hold them, are read into their groups)."""
         values = dict(values)
-        groups: dict[str, dict] = {name: dict(values.pop(name, {})) for name in ("densification", "final_passes")}
+        groups: dict[str, dict] = {
+            name: dict(values.pop(name, {})) for name in ("densification", "final_passes", "poses")
+        }
         for flat, (group, name) in _FLAT_NAMES.items():
             if flat in values:
                 groups[group][name] = values.pop(flat)
@@ -123,6 +133,7 @@ class ReconstructionConfig:
                 **values,
                 "densification": _built(DensificationStrategy, groups["densification"]),
                 "final_passes": _built(FinalPasses, groups["final_passes"]),
+                "poses": _built(PoseRefinement, groups["poses"]),
             },
         )
 

@@ -158,5 +158,6 @@ def run_final_passes(
         device=data.targets.device,
         progress=progress,
         shell=shell,
+        min_ray_mm=passes.min_ray_voxels * float(np.min(volume.grid.spacing)),
     )
     return PassesResult(refined, share, shell)

@@ -10,16 +10,20 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from ixgs_engine.device import resolve_device
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.interrupts import EXIT_CODES, InterruptRequest, deferred_interrupts
-from ixgs_engine.io.scan import check_output_apart, load_projections, read_scan
+from ixgs_engine.io.scan import Scan, check_output_apart, load_projections, read_scan
+from ixgs_engine.io.scan_poses import write_scan_with_poses
 from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.reconstruct import run_files
 from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData, detector_voxel_size
 from ixgs_engine.reconstruct.estimate import describe_duration, estimated_seconds
 from ixgs_engine.reconstruct.output import final_volume, output_grid, write_outputs
+from ixgs_engine.reconstruct.pose_refinement import correction_record, describe
 from ixgs_engine.reconstruct.trainer import ReconstructionCancelled, Trainer
 from ixgs_engine.render.backend import select_backend
 from ixgs_engine.volume import Volume
@@ -48,6 +52,8 @@ class ReconstructionSummary:
     estimated_seconds: float | None = None
     # What the final SART passes found around the ROI (final_passes.PassesResult.record).
     refinement: dict | None = None
+    # The views' pose corrections, when refined (pose_refinement.correction_record), and the refined scan.
+    poses: dict | None = None
 
     def line(self) -> str:
         """The one-line summary printed at the end of a run."""
@@ -55,6 +61,10 @@ class ReconstructionSummary:
             f"reconstructed {self.views} views in {self.total_seconds:.1f} s ({self.iterations} iterations, "
             f"{self.gaussians} Gaussians, final loss {self.final_loss:.4g}, {self.device}) -> {self.volume_path}"
         )
+
+    def poses_line(self) -> str | None:
+        """One line on the refined poses, or None when they were not refined."""
+        return describe(self.poses) if self.poses is not None else None
 
 
 def check_output_folder(output_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -127,6 +137,19 @@ def _stage(stage_progress: Callable[[str], ProgressCallback] | None, stop: Calla
     return update
 
 
+REFINED_SCAN_FOLDER = "refined_scan"
+
+
+def write_refined_scan(output_dir: Path, scan: Scan, training: list[int], refined: np.ndarray) -> Path:
+    """The scan with the refined matrices of its training views (held-out views keep theirs), as
+    a scan folder in the run (``refined_scan/``: scan.json and a copy of its images)."""
+    matrices = list(scan.matrices)
+    for index, matrix in zip(training, refined, strict=True):
+        matrices[index] = matrix
+    extra = {"refined_from": str(scan.folder.resolve()), "refined_views": list(training)}
+    return write_scan_with_poses(scan, output_dir / REFINED_SCAN_FOLDER, matrices, extra)
+
+
 def heldout_views(num_views: int, every: int) -> list[int]:
     """Views kept out of training with ``holdout_every = every``: k-1, 2k-1, ... (none for 0)."""
     return list(range(every - 1, num_views, every)) if every > 1 else []
@@ -167,12 +190,13 @@ def reconstruct_scan(
         raise IXGSError(f"`threshold` must be a finite attenuation in 1/mm, got {threshold}")
     if resume:
         config = resumed_config(output_dir, resume_iterations)
-    projections = load_projections(read_scan(scan_dir))
+    scan = read_scan(scan_dir)
+    projections = load_projections(scan)
     voxel = voxel_size if voxel_size is not None else detector_voxel_size(projections.matrices, projections.roi)
     grid = output_grid(projections.roi, voxel)
     heldout = heldout_views(len(projections.values), config.holdout_every)
+    training = [v for v in range(len(projections.values)) if v not in heldout]
     if heldout:
-        training = [v for v in range(len(projections.values)) if v not in heldout]
         projections = replace(projections, values=projections.values[training], matrices=projections.matrices[training])
     torch_device = resolve_device(device)
     data = TrainingData.from_projections(projections, config.image_scale, torch_device)
@@ -201,12 +225,24 @@ def reconstruct_scan(
         should_cancel=should_cancel,
         fine_data=fine,
         stage_progress=stage_progress,
+        view_ids=training,
     )
     if on_trainer is not None:
         on_trainer(trainer)
     if not resume:
         (output_dir / run_files.SUMMARY_FILE).unlink(missing_ok=True)  # a replaced run's summary no longer holds
     result = trainer.run(resume=resume)
+    poses = None
+    if result.corrections is not None:
+        poses = correction_record(
+            result.corrections, config.poses, data.scene, projections.matrices, projections.roi, training
+        )
+        if poses["used"]:
+            refined = result.corrections.world_matrices(projections.matrices, data.scene)
+            poses["refined_scan"] = str(write_refined_scan(output_dir, scan, training, refined))
+            projections = replace(projections, matrices=refined)
+            data = TrainingData.from_projections(projections, config.image_scale, torch_device)
+            fine = TrainingData.from_projections(projections, 1.0, torch_device) if fine is not None else None
     if config.final_passes.passes > 0 and fine is None and config.image_scale < 1:
         fine = TrainingData.from_projections(projections, 1.0, torch_device)
     with deferred_interrupts() as interrupt:
@@ -236,6 +272,7 @@ def reconstruct_scan(
         preset=preset_name,
         estimated_seconds=round(estimate, 1),
         refinement=refinement.record(),
+        poses=poses,
     )
     run_files.write_summary(output_dir, asdict(summary))
     return summary, volume

@@ -1,5 +1,6 @@
 """The optimization loop: Adam over the Gaussians' parameters with exponential learning-rate
-decay, loss L1 + D-SSIM + 3-D TV, densification (``gaussians/densification.py``), progress, cancel, checkpoint and resume.
+decay, loss L1 + D-SSIM + 3-D TV, densification (``gaussians/densification.py``), the views'
+poses refined with them when asked (``pose_refinement.py``), progress, cancel, checkpoint and resume.
 
 The Gaussians live in the model's domain (the ROI and its surroundings, see
 ``initialization.ModelDomain``); every render and TV block parts them at the ROI's faces
@@ -33,6 +34,7 @@ from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData
 from ixgs_engine.reconstruct.initialization import ModelDomain, initial_model
 from ixgs_engine.reconstruct.losses import dssim_loss, l1_loss, tv_3d_loss
+from ixgs_engine.reconstruct.pose_refinement import ViewCorrections
 from ixgs_engine.render.backend import RenderBackend
 
 LEARNING_RATES = {
@@ -65,6 +67,7 @@ class TrainingResult:
     final_loss: float
     elapsed_s: float
     history: list[dict] = field(default_factory=list)
+    corrections: ViewCorrections | None = None  # the views' pose corrections, when refined
 
 
 class Trainer:
@@ -80,10 +83,12 @@ class Trainer:
         should_cancel: Callable[[], bool] | None = None,
         fine_data: TrainingData | None = None,
         stage_progress: Callable[[str], ProgressCallback] | None = None,
+        view_ids: list[int] | None = None,
     ) -> None:
         """``data``: the views at ``config.image_scale``; ``fine_data``: the same views at full
         resolution, trained on from step ``config.coarse_iterations`` (a two-level pyramid);
-        ``stage_progress(name)``: a progress callback for each stage of the start (SART)."""
+        ``stage_progress(name)``: a progress callback for each stage of the start (SART);
+        ``view_ids``: the views' numbers in the scan, for messages (default 0, 1, ...)."""
         self.data = data
         self.fine_data = fine_data
         self.config = config
@@ -92,6 +97,8 @@ class Trainer:
         self.progress = progress
         self.should_cancel = should_cancel
         self.stage_progress = stage_progress
+        self.view_ids = list(view_ids) if view_ids is not None else list(range(data.num_views))
+        self.pose_start = int(config.poses.start * config.iterations)
         self.data_range = float(data.targets.max().clamp_min(1e-6))  # D-SSIM's range, fixed for the run
         tv_voxel = float(data.roi.size.max()) / config.tv_grid_size
         self.tv_grid = data.scene.grid_to_normalized(roi_grid(data.roi, tv_voxel))
@@ -112,6 +119,9 @@ class Trainer:
         self.view_queue: list[int] = []
         self.iteration = 0
         self.elapsed = 0.0
+        self.corrections = (
+            ViewCorrections(self.data.num_views, self.data.targets.device) if self.config.poses.enabled else None
+        )
 
     def _learning_rates(self, step: int) -> dict[str, float]:
         return {
@@ -136,6 +146,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "generator": self.generator.get_state(),
                 "view_queue": list(self.view_queue),
+                "poses": self.corrections.state() if self.corrections is not None else None,
             },
         )
 
@@ -158,6 +169,8 @@ class Trainer:
         self.view_queue = list(state["view_queue"])
         self.iteration = int(state["iteration"])
         self.elapsed = float(state["elapsed"])
+        poses = state.get("poses")
+        self.corrections = ViewCorrections.restored(poses, device) if poses is not None else None
 
     # ------------------------------------------------------------------ log
     def _open_log(self, resumed: bool) -> list[dict]:
@@ -191,6 +204,13 @@ class Trainer:
         coarse = self.config.coarse_iterations
         return self.fine_data if self.fine_data is not None and 0 < coarse <= step else self.data
 
+    def _pose_rates(self, step: int) -> tuple[float, float]:
+        """Rotation (radians) and translation (normalized units) rates of the poses at ``step``."""
+        settings, total = self.config.poses, self.config.iterations - self.pose_start
+        rotation = exponential_schedule(step - self.pose_start, total, *settings.lr_rotation_deg)
+        translation = exponential_schedule(step - self.pose_start, total, *settings.lr_translation_mm)
+        return math.radians(rotation), translation * self.data.scene.scale
+
     def _step(self) -> dict:
         config = self.config
         step = self.iteration
@@ -207,8 +227,10 @@ class Trainer:
             offsets = torch.zeros(
                 (len(views), model.num_gaussians, 2), dtype=torch.float64, device=means.device, requires_grad=True
             )
+        moving = self.corrections is not None and step >= self.pose_start
+        matrices = self.corrections.apply(data.matrices, views) if moving else data.matrices[views]
         rendered = self.backend.render(
-            means, covariances, densities, data.matrices[views], data.image_shape, offsets, self.domain.support
+            means, covariances, densities, matrices, data.image_shape, offsets, self.domain.support
         )
         target = data.targets[views]
         terms = {"l1": l1_loss(rendered, target)}
@@ -227,6 +249,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if moving:
+            self.corrections.step(views, *self._pose_rates(step))
+            self.corrections.check(config.poses, self.data.scene, self.view_ids)
         if track:
             self.statistics.add(offsets.grad, data.image_shape)
         self.iteration += 1
@@ -284,4 +309,4 @@ class Trainer:
                 self.save_checkpoint()
             raise
         final = history[-1]["loss"] if history else float("nan")
-        return TrainingResult(self.model, self.iteration, final, self.elapsed, history)
+        return TrainingResult(self.model, self.iteration, final, self.elapsed, history, self.corrections)
