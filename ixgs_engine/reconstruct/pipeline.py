@@ -234,11 +234,11 @@ def reconstruct_scan(
     result = trainer.run(resume=resume)
     poses = None
     if result.corrections is not None:
+        refined = result.corrections.world_matrices(projections.matrices, data.scene)
         poses = correction_record(
-            result.corrections, config.poses, data.scene, projections.matrices, projections.roi, training
+            result.corrections, config.poses, data.scene, projections.matrices, refined, projections.roi, training
         )
         if poses["used"]:
-            refined = result.corrections.world_matrices(projections.matrices, data.scene)
             poses["refined_scan"] = str(write_refined_scan(output_dir, scan, training, refined))
             projections = replace(projections, matrices=refined)
             data = TrainingData.from_projections(projections, config.image_scale, torch_device)

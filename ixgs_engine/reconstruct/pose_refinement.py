@@ -195,15 +195,16 @@ def correction_record(
     settings: PoseRefinement,
     scene: SceneNormalization,
     before: np.ndarray,
+    after: np.ndarray,
     roi: ROI,
     view_ids: list[int],
 ) -> dict:
     """For ``summary.json``: each view's correction (degrees, mm at the ROI centre, the shift of
-    the ROI's reprojection in pixels), their median and largest, the views whose correction is
-    large (several times the median: mislabelled or moved?), and whether the refined poses
-    are used (``auto`` keeps exact ones)."""
+    the ROI's reprojection in pixels between its world matrices ``before`` and ``after``), their
+    median and largest, the views whose correction is large (several times the median:
+    mislabelled or moved?), and whether the refined poses are used (``auto`` keeps exact ones)."""
     degrees, millimetres = corrections.sizes(scene)
-    shifts = reprojection_shift_px(before, corrections.world_matrices(before, scene), roi)
+    shifts = reprojection_shift_px(before, after, roi)
     median_deg, median_mm = float(np.median(degrees)), float(np.median(millimetres))
     exact = median_deg < settings.exact_rotation_deg and median_mm < settings.exact_translation_mm
     large = (degrees > max(3 * median_deg, LARGE_ROTATION_DEG)) | (millimetres > max(3 * median_mm, LARGE_SHIFT_MM))
