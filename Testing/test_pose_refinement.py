@@ -17,6 +17,7 @@ from ixgs_engine.errors import IXGSError
 from ixgs_engine.experiments.sweeps import calibration_errors
 from ixgs_engine.gaussians.model import GaussianModel
 from ixgs_engine.geometry.normalization import SceneNormalization
+from ixgs_engine.geometry.projection import rigid_motion_between, source_position
 from ixgs_engine.geometry.roi import ROI
 from ixgs_engine.io.scan import load_projections, read_scan
 from ixgs_engine.io.scan_poses import write_scan_with_poses
@@ -178,7 +179,15 @@ def test_a_perturbed_scan_is_refined_and_the_run_holds_the_refined_scan(scan, tm
     original = read_scan(folder)
     errors = calibration_errors(len(truth_matrices), 1.0, 2.0, original.roi.center, seed=5)
     write_scan_with_poses(original, tmp_path / "wrong", list(np.einsum("vij,vjk->vik", truth_matrices, errors)), {})
-    config = preset("fast", iterations=400, num_gaussians=1500, **{"final_passes.passes": 2, "poses.mode": "on"})
+    # One registration after the first pass, on this tiny volume too (its wiring; what it gains is
+    # test_view_registration's and the benchmark's): 12 voxels across at 1/2.
+    settings = {
+        "final_passes.passes": 2,
+        "poses.mode": "on",
+        "poses.register_after_passes": (1,),
+        "poses.registration_min_voxels": 4,
+    }
+    config = preset("fast", iterations=400, num_gaussians=1500, **settings)
     trainers = []
     summary, volume = reconstruct_scan(
         tmp_path / "wrong", tmp_path / "run", config, "cpu", voxel_size=8.0, on_trainer=trainers.append
@@ -192,9 +201,16 @@ def test_a_perturbed_scan_is_refined_and_the_run_holds_the_refined_scan(scan, tm
     assert summary.poses_line().startswith("poses refined: median ")
     refined = read_scan(Path(poses["refined_scan"]).parent)
     assert refined.extra["refined_from"] == str((tmp_path / "wrong").resolve())
-    np.testing.assert_allclose(
-        refined.matrices, trainers[0].corrections.world_matrices(read_scan(tmp_path / "wrong").matrices, scene)
-    )
+    # The refined scan holds the training's corrections and, after them, the registration's.
+    given = read_scan(tmp_path / "wrong").matrices
+    trained = trainers[0].corrections.world_matrices(given, scene)
+    assert poses["registrations"] == 1 and not np.allclose(refined.matrices, trained)
+    registered = np.stack([rigid_motion_between(a, b) for a, b in zip(trained, refined.matrices, strict=True)])
+    centre = original.roi.center
+    shifts = registered[:, :3, 3] - centre + registered[:, :3, :3] @ centre  # the motions' t about the centre
+    assert np.abs(shifts.mean(axis=0)).max() < 1e-9 + 1e-6 * np.abs(shifts).max()  # the gauge
+    default = preset("fast").poses
+    assert not default.registers((12, 12, 12)) and default.registers((96, 90, 80))  # 48 voxels at 1/2
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["poses"]["views"] == poses["views"]
     assert volume.array.min() >= 0 and volume.array.max() <= 1.5 * truth.array.max()
 
@@ -238,3 +254,24 @@ def test_a_killed_run_resumes_to_the_same_poses_bit_for_bit(scan, tmp_path):
     for key, value in whole.corrections.state().items():
         assert torch.equal(resumed.corrections.state()[key], value), key
     torch.testing.assert_close(resumed.model.densities, whole.model.densities, rtol=0, atol=0)
+
+
+def test_the_residual_pose_error_splits_a_shift_across_and_along_each_views_ray(scan):
+    """By hand: view 0 off by 2 mm along its ray through the centre and 1 mm across it, every
+    other view exact; the medians follow (zero, as most views are exact) and view 0's split is
+    read back from a one-view call."""
+    _, matrices = scan
+    centre = np.array([1.0, 2.0, -3.0])
+    axis = centre - source_position(matrices[0])
+    axis /= np.linalg.norm(axis)
+    across = np.cross(axis, [0.0, 0.0, 1.0])
+    across /= np.linalg.norm(across)
+    errors = np.tile(np.eye(4), (len(matrices), 1, 1))
+    errors[0, :3, 3] = 2.0 * axis + 1.0 * across
+    none = np.tile(np.eye(4), (len(matrices), 1, 1))
+    assert residual_pose_error(errors, none, centre, matrices)["median_translation_mm_given_along"] == 0.0
+    one = residual_pose_error(errors[:1], none[:1], centre, matrices[:1])
+    assert one["median_translation_mm_given_along"] == pytest.approx(2.0)
+    assert one["median_translation_mm_given_across"] == pytest.approx(1.0)
+    assert one["median_translation_mm_given"] == pytest.approx(np.sqrt(5.0))
+    assert "median_translation_mm_given_along" not in residual_pose_error(errors, none, centre)

@@ -121,6 +121,45 @@ def test_reconstruction_logic_loads_a_scan_reconstructs_cancels_resumes_and_revi
     assert logic.allPointsNodes() == [] and logic.exportPoints(tmp_path / "none.json") is None
 
 
+def test_a_run_with_refined_poses_shows_their_table_and_loads_the_refined_scan(modules, tmp_path):
+    """Refine poses on: the Logic passes the mode to the engine, the run's per-view corrections
+    become a table node (a row per view, the summary's numbers) and the refined scan can be
+    made the scan (its X-rays loaded, its matrices the refined ones)."""
+    reconstruction, _ = modules
+    simulate_phantom_scan(tmp_path / "scan", "spine", 24, 8.0, 6, 40, 8.0)
+    logic = reconstruction.IXGSReconstructionLogic(runner=SubprocessJob)
+    parameters = logic.getParameterNode()
+    parameters.scanFolder = tmp_path / "scan"
+    logic.loadScan(parameters.scanFolder)
+    parameters.outputFolder, parameters.preset, parameters.device, parameters.iterations = (
+        tmp_path / "run",
+        "fast",
+        "cpu",
+        40,
+    )
+    parameters.refinePoses = "on"
+    run = Recorder()
+    run.start(logic.reconstruct, extraArguments=ENGINE_OPTIONS).wait(300)
+    assert run.finished[0], run.finished[1]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    table = slicer.mrmlScene.GetFirstNodeByName(importlib.import_module("IXGSReconstructionLib.logic").POSES_TABLE_NAME)
+    assert table is not None and table.GetNumberOfRows() == 6
+    assert table.GetColumnName(1) == "Rotation (deg)"
+    assert float(table.GetCellText(2, 1)) == pytest.approx(summary["poses"]["views"][2]["rotation_deg"])
+    assert float(table.GetCellText(5, 3)) == pytest.approx(summary["poses"]["views"][5]["reprojection_px"])
+    assert len(logic.loadRefinedScan(tmp_path / "run")) == 6
+    assert pathlib.Path(parameters.scanFolder) == tmp_path / "run" / "refined_scan"
+    refined = read_scan(tmp_path / "run" / "refined_scan").matrices
+    assert not np.allclose(refined, read_scan(tmp_path / "scan").matrices)
+    parameters.refinePoses = "off"
+    assert "--refine-poses" in logic.reconstructionArguments(
+        tmp_path / "scan", None, tmp_path / "again", "fast", "cpu", refinePoses="off"
+    )
+    assert logic.posesTable(tmp_path / "run") is table  # shown again: the same node
+    with pytest.raises(RuntimeError, match="no refined poses"):
+        logic.loadRefinedScan(tmp_path / "scan")
+
+
 def test_a_failed_job_reports_the_engines_one_line_error(modules, tmp_path):
     reconstruction, _ = modules
     simulate_phantom_scan(tmp_path / "scan", "spine", 24, 8.0, 3, 40, 8.0)

@@ -64,6 +64,8 @@ CANCEL_FILE_NAME = "cancel-requested"
 """In a run folder: the file whose appearance asks the engine to stop at its next step (with a
 checkpoint, so Resume continues). It works where signals do not reach a console process
 (Windows); on the other systems Cancel also sends SIGTERM, which the engine treats the same."""
+# Where a run with refined poses keeps its refined scan (the engine's run_files.REFINED_SCAN_FOLDER).
+REFINED_SCAN_FOLDER = "refined_scan"
 
 
 def cancel_file_in(arguments: Sequence[str]) -> Path | None:
@@ -88,9 +90,10 @@ def reconstruct_arguments(
     iterations: int | None = None,
     voxel_size: float | None = None,
     resume: bool = False,
+    refine_poses: str | None = None,
 ) -> list[str]:
     """``ixgs reconstruct`` arguments (the command-line contract between the GUI and the engine),
-    with the run folder's cancel file."""
+    with the run folder's cancel file; ``refine_poses`` off / on / auto (None: the engine's default)."""
     arguments = [
         "reconstruct",
         str(scan),
@@ -109,6 +112,8 @@ def reconstruct_arguments(
         arguments += ["--voxel-size", f"{float(voxel_size):g}"]
     if resume:
         arguments.append("--resume")
+    if refine_poses:
+        arguments += ["--refine-poses", refine_poses]
     return arguments
 
 

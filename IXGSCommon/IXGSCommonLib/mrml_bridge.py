@@ -15,6 +15,7 @@ module only moves numbers into and out of nodes:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import numpy as np
 import vtk
@@ -232,3 +233,17 @@ def show_volume_rendering(volume_rendering_logic, volume_node, threshold: float,
     set_rendering_transfer_functions(display.GetVolumePropertyNode().GetVolumeProperty(), threshold, top)
     display.SetVisibility(True)
     return display
+
+
+def fill_table(table_node, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[float]]) -> None:
+    """Replace a table node's contents: one numeric column per ``(key, title)`` of ``columns``,
+    titled, one row per entry of ``rows`` (values in the columns' order)."""
+    table = vtk.vtkTable()
+    for index, (_, title) in enumerate(columns):
+        column = vtk.vtkDoubleArray()
+        column.SetName(title)
+        column.SetNumberOfValues(len(rows))
+        for row, values in enumerate(rows):
+            column.SetValue(row, float(values[index]))
+        table.AddColumn(column)
+    table_node.SetAndObserveTable(table)

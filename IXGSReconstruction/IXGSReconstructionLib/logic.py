@@ -7,6 +7,7 @@ Module-level imports need only what Slicer bundles (numpy, VTK, MRML): the engin
 ``scan_files`` are imported on use, so the module loads before the engine's dependencies are
 installed."""
 
+import json
 import logging
 import os
 import pathlib
@@ -27,6 +28,13 @@ VIEW_ATTRIBUTE = "IXGS.View"
 SCAN_ATTRIBUTE = "IXGS.Scan"
 POINTS_ATTRIBUTE = "IXGS.PointsForView"
 DICOM_XRAY_MODALITIES = ("XA", "RF", "DX", "CR")
+POSES_TABLE_NAME = "IXGS refined poses"
+POSES_TABLE_COLUMNS = (
+    ("view", "View"),
+    ("rotation_deg", "Rotation (deg)"),
+    ("translation_mm", "Translation (mm)"),
+    ("reprojection_px", "Reprojection change (px)"),
+)
 
 
 class IXGSReconstructionLogic(EngineModuleLogic):
@@ -78,12 +86,13 @@ class IXGSReconstructionLogic(EngineModuleLogic):
         if not is_set(p.outputFolder):
             p.outputFolder = self.workFolder(time.strftime("reconstruction-%Y%m%d-%H%M%S"))
         arguments = self.reconstructionArguments(
-            p.scanFolder, p.roi, p.outputFolder, p.preset, p.device, p.iterations, p.resume
+            p.scanFolder, p.roi, p.outputFolder, p.preset, p.device, p.iterations, p.resume, p.refinePoses
         )
         output = pathlib.Path(p.outputFolder)
 
         def loadResult() -> None:
             p.volume = self.loadVolume(output / "volume.nrrd", p.threshold)
+            self.posesTable(output)
 
         return self.startJob([*arguments, *extraArguments], loadResult, onProgress, onLog, onFinished)
 
@@ -271,7 +280,9 @@ class IXGSReconstructionLogic(EngineModuleLogic):
             mrml_bridge.update_roi_node(roiNode, roi)
         return roiNode
 
-    def reconstructionArguments(self, scanFolder, roiNode, outputFolder, preset, device, iterations=0, resume=False):
+    def reconstructionArguments(
+        self, scanFolder, roiNode, outputFolder, preset, device, iterations=0, resume=False, refinePoses=None
+    ):
         """``ixgs reconstruct`` arguments; a box edited in Slicer goes into a copy of scan.json."""
         from IXGSReconstructionLib import scan_files
 
@@ -281,8 +292,38 @@ class IXGSReconstructionLogic(EngineModuleLogic):
                 scan, mrml_bridge.roi_from_node(roiNode), pathlib.Path(outputFolder) / "input-scan"
             )
         return engine_process.reconstruct_arguments(
-            scan, outputFolder, preset, device, iterations or None, resume=resume
+            scan, outputFolder, preset, device, iterations or None, resume=resume, refine_poses=refinePoses
         )
+
+    # --- refined poses ---
+
+    def posesTable(self, outputFolder):
+        """The run's pose corrections (``summary.json``: one row per view, degrees, mm at the box
+        centre, reprojection change in pixels) as a table node, or None when the run did not refine
+        its poses. The node is reused when the table was shown before."""
+        from ixgs_engine.reconstruct.run_files import SUMMARY_FILE
+
+        summary = json.loads((pathlib.Path(outputFolder) / SUMMARY_FILE).read_text(encoding="utf-8"))
+        poses = summary.get("poses")
+        if not poses:
+            return None
+        node = slicer.mrmlScene.GetFirstNodeByName(POSES_TABLE_NAME)
+        if node is None:
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", POSES_TABLE_NAME)
+        mrml_bridge.fill_table(
+            node, POSES_TABLE_COLUMNS, [[row[key] for key, _ in POSES_TABLE_COLUMNS] for row in poses["views"]]
+        )
+        node.SetAttribute("IXGS.PosesUsed", str(bool(poses["used"])))
+        return node
+
+    def loadRefinedScan(self, outputFolder):
+        """Make the run's refined scan (``refined_scan/``: the refined poses, the same X-rays) the
+        scan, and show it; returns its X-ray nodes."""
+        folder = pathlib.Path(outputFolder) / engine_process.REFINED_SCAN_FOLDER
+        if not (folder / "scan.json").is_file():
+            raise RuntimeError(_("This run has no refined poses: run it with 'Refine poses' on or auto."))
+        self.getParameterNode().scanFolder = folder
+        return self.loadScan(folder)
 
     def loadVolume(self, path, threshold: float):
         """Load a reconstruction (LPS file geometry -> RAS node) and show it."""

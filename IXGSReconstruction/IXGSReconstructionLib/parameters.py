@@ -12,7 +12,7 @@ from slicer import (
 )
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
-from ixgs_engine.reconstruct.presets import DEFAULT_PRESET, PRESET_SUMMARIES
+from ixgs_engine.reconstruct.presets import DEFAULT_POSE_MODE, DEFAULT_PRESET, POSE_MODES, PRESET_SUMMARIES
 
 PRESET_CHOICES = list(PRESET_SUMMARIES)  # the engine's names: defined once, there (torch-free)
 
@@ -31,6 +31,7 @@ class IXGSReconstructionParameterNode:
     iterations: Annotated[int, WithinRange(0, 100000)] = 0
     outputFolder: pathlib.Path
     resume: bool = False
+    refinePoses: Annotated[str, Choice(list(POSE_MODES))] = DEFAULT_POSE_MODE
     volume: vtkMRMLScalarVolumeNode
     threshold: Annotated[float, WithinRange(0.0, 0.2)] = 0.03
     spineLandmarks: vtkMRMLMarkupsFiducialNode

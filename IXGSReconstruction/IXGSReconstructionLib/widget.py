@@ -9,7 +9,7 @@ import slicer
 from slicer.i18n import tr as _
 
 from ixgs_engine.reconstruct.presets import PRESET_SUMMARIES
-from IXGSCommonLib import mrml_bridge
+from IXGSCommonLib import engine_process, mrml_bridge
 from IXGSCommonLib.scripted_module import EngineModuleWidget, is_set
 from IXGSReconstructionLib.logic import IXGSReconstructionLogic
 from IXGSReconstructionLib.logic_interface import ReconstructionLogic
@@ -45,6 +45,7 @@ class IXGSReconstructionWidget(EngineModuleWidget):
         self.ui.realignLandmarksButton.connect("clicked(bool)", self.onRealignLandmarks)
         self.ui.realignAxesButton.connect("clicked(bool)", self.onRealignAxes)
         self.ui.hardenButton.connect("clicked(bool)", self.onHarden)
+        self.ui.loadRefinedPosesButton.connect("clicked(bool)", self.onLoadRefinedPoses)
         self.observeScene()
 
     def _updateButtons(self, caller=None, event=None) -> None:
@@ -60,6 +61,11 @@ class IXGSReconstructionWidget(EngineModuleWidget):
         self.ui.realignLandmarksButton.enabled = bool(p.volume and p.spineLandmarks and p.lateralLandmarks)
         self.ui.realignAxesButton.enabled = p.volume is not None
         self.ui.hardenButton.enabled = bool(p.volume and p.volume.GetTransformNodeID())
+        refined = (
+            is_set(p.outputFolder)
+            and (pathlib.Path(p.outputFolder) / engine_process.REFINED_SCAN_FOLDER / "scan.json").is_file()
+        )
+        self.ui.loadRefinedPosesButton.enabled = refined and not running
 
     # --- setup and inputs ---
 
@@ -169,7 +175,21 @@ class IXGSReconstructionWidget(EngineModuleWidget):
             p.roi = self.logic.roiNodeFromScan(p.scanFolder, p.roi)
 
     def onRun(self) -> None:
-        self.startJob(self.logic.reconstruct)
+        def finished(success: bool, message: str) -> None:
+            self.onFinished(success, message)
+            table = self.logic.posesTable(self._parameterNode.outputFolder) if success else None
+            if table is not None:  # the refined poses' table beside the views
+                slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+                slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())
+                slicer.app.applicationLogic().PropagateTableSelection()
+
+        self.startJob(lambda onProgress, onLog, _onFinished: self.logic.reconstruct(onProgress, onLog, finished))
+
+    def onLoadRefinedPoses(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("The refined poses could not be loaded."), waitCursor=True):
+            self.logic.loadRefinedScan(self._parameterNode.outputFolder)
+            self.onViewChanged(self._parameterNode.currentView)
+        self._updateButtons()
 
     # --- result ---
 

@@ -11,5 +11,7 @@ voxels. The analytic one (FDK) takes the same less ``iterations``.
   solved around the volume (a truncated patient);
 - ``tv``: the total variation's gradient and the TV descent steps ASD-POCS takes between passes;
 - ``asd_pocs``: SART passes each followed by TV steps (Sidky & Pan 2008);
-- ``rtk``: RTK's SART, TV-regularized conjugate gradient and FDK (itk-rtk, optional).
+- ``rtk``: RTK's SART, TV-regularized conjugate gradient and FDK (itk-rtk, optional);
+- ``ceiling``: each voxel's upper bound from the views' line integrals (non-negative attenuation),
+  the box constraint SART and ASD-POCS take as ``ceiling``.
 """

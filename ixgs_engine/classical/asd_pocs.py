@@ -29,12 +29,14 @@ def asd_pocs(
     after_pass: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
     shell: Shell | None = None,
     min_ray_mm: float = 0.0,
+    ceiling: np.ndarray | None = None,
 ) -> Volume:
     """``iterations`` SART passes (``relaxation``, from ``initial`` or zero, with a ``shell``
     when given: see :func:`~ixgs_engine.classical.sart.sart`), each followed by ``tv_steps``
     TV steps of ``tv_step`` times the pass's change; ``after_pass(volume, before)`` after
     those (a score curve); ``min_ray_mm`` damps the corner voxels (see
-    :func:`~ixgs_engine.classical.sart.sart`). No TV steps: plain SART."""
+    :func:`~ixgs_engine.classical.sart.sart`) and ``ceiling`` bounds each voxel (after the TV
+    steps too). No TV steps: plain SART."""
     regularize = tv_descent(tv_steps, tv_step) if tv_steps > 0 else None
     hooks = [hook for hook in (regularize, after_pass) if hook is not None]
 
@@ -54,4 +56,5 @@ def asd_pocs(
         after_pass=each_pass if hooks else None,
         shell=shell,
         min_ray_mm=min_ray_mm,
+        ceiling=ceiling,
     )

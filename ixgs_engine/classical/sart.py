@@ -74,6 +74,7 @@ def sart(
     after_pass: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
     shell: Shell | None = None,
     min_ray_mm: float = 0.0,
+    ceiling: np.ndarray | None = None,
 ) -> Volume:
     """Reconstruct attenuation (same units as projections per mm) on ``grid``.
 
@@ -81,7 +82,8 @@ def sart(
     by its length through the grid or at least ``min_ray_mm`` (a ray clipping a corner for a
     fraction of a voxel would otherwise put its whole residual there: with data not exactly
     consistent with the grid, such as poses slightly off, those voxels grow without bound).
-    0: plain SART.
+    0: plain SART. ``ceiling`` (``grid.shape``, 1/mm; ``classical.ceiling``) is each voxel's
+    upper bound, applied with positivity after every update and after each pass.
 
     ``iterations`` counts full passes over all views; ``progress(done, total)`` is called
     after each subset update; ``after_pass(volume, before)`` after each pass, with the volume
@@ -95,6 +97,12 @@ def sart(
     volume = torch.zeros(grid.shape, dtype=torch.float32, device=device)
     if initial is not None:
         volume += torch.as_tensor(np.asarray(initial, dtype=np.float32), device=device)
+    upper = None
+    if ceiling is not None:
+        if tuple(np.shape(ceiling)) != tuple(grid.shape):
+            raise ValueError(f"the ceiling must have the grid's shape {grid.shape}, got {np.shape(ceiling)}")
+        upper = torch.as_tensor(np.asarray(ceiling, dtype=np.float32), device=device)
+        torch.minimum(volume, upper, out=volume)
     subsets = interleaved_subsets(projector.num_views, views_per_subset)
     subset_projectors = [projector.subset(views) for views in subsets]
     ones = torch.ones(grid.shape, dtype=torch.float32, device=device)
@@ -126,6 +134,8 @@ def sart(
             volume += relaxation * _normalized_back_projection(sub, normalized, weights)
             if positivity:
                 volume.clamp_(min=0.0)
+            if upper is not None:
+                torch.minimum(volume, upper, out=volume)
             if around is not None and around.held_projections is None:
                 around.update(index, relaxation * normalized, positivity)
             done += 1
@@ -133,6 +143,8 @@ def sart(
                 progress(done, total)
         if after_pass is not None:
             after_pass(volume, before)
+            if upper is not None:
+                torch.minimum(volume, upper, out=volume)
     return Volume.on_grid(grid, volume.cpu().numpy())
 
 

@@ -9,6 +9,7 @@ import sys
 
 from ixgs_engine.device import resolve_device
 from ixgs_engine.errors import IXGSError
+from ixgs_engine.reconstruct.presets import POSE_MODES
 
 
 class Parser(argparse.ArgumentParser):
@@ -130,7 +131,7 @@ def add_reconstruct_options(parser: argparse.ArgumentParser, default_preset: str
     )
     parser.add_argument(
         "--refine-poses",
-        choices=("off", "on", "auto"),
+        choices=POSE_MODES,
         help="refine every view's pose (rotation + translation about the ROI centre) with the volume: on; auto "
         "keeps the given poses when the corrections come out negligible; off (default: the preset's, off)",
     )

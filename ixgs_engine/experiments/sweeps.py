@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from ixgs_engine.device import resolve_device
 from ixgs_engine.evaluate.evaluation import volume_metrics
 from ixgs_engine.experiments.baselines import run_baseline
 from ixgs_engine.experiments.runner import ResultStore, run_tasks
 from ixgs_engine.geometry.carm import Detector
+from ixgs_engine.geometry.projection import rigid_motion
 from ixgs_engine.io.scan import write_scan
 from ixgs_engine.io.volumes import write_volume
 from ixgs_engine.phantoms import hu_to_attenuation, make_phantom
@@ -86,15 +86,11 @@ def perturb_matrices(
     random axis through ``centre`` and shifted by ``translation_mm`` in a random direction,
     i.e. ``P' = P T`` with ``T(X) = R (X - c) + c + t``."""
     rng = np.random.default_rng(seed)
-    centre = np.asarray(centre, dtype=np.float64)
     out = []
     for P in matrices:
         axis, direction = rng.normal(size=3), rng.normal(size=3)
-        rotation = Rotation.from_rotvec(np.deg2rad(rotation_deg) * axis / np.linalg.norm(axis)).as_matrix()
-        transform = np.eye(4)
-        transform[:3, :3] = rotation
-        transform[:3, 3] = centre - rotation @ centre + translation_mm * direction / np.linalg.norm(direction)
-        out.append(P @ transform)
+        rotation = np.deg2rad(rotation_deg) * axis / np.linalg.norm(axis)
+        out.append(P @ rigid_motion(rotation, translation_mm * direction / np.linalg.norm(direction), centre))
     return np.stack(out)
 
 
@@ -104,13 +100,11 @@ def calibration_errors(
     """Per view a 4x4 world motion ``T(X) = R (X - c) + c + t``, a calibration error: the rotation
     vector and ``t`` drawn per axis with these sd (degrees, mm); a view's wrong matrix is ``P T``."""
     rng = np.random.default_rng(seed)
-    centre = np.asarray(centre, dtype=np.float64)
-    motions = np.tile(np.eye(4), (count, 1, 1))
-    for motion in motions:
-        rotation = Rotation.from_rotvec(np.radians(rng.normal(0.0, rotation_sd_deg, 3))).as_matrix()
-        motion[:3, :3] = rotation
-        motion[:3, 3] = centre - rotation @ centre + rng.normal(0.0, translation_sd_mm, 3)
-    return motions
+    motions = []
+    for _ in range(count):
+        rotation = np.radians(rng.normal(0.0, rotation_sd_deg, 3))
+        motions.append(rigid_motion(rotation, rng.normal(0.0, translation_sd_mm, 3), centre))
+    return np.stack(motions) if motions else np.zeros((0, 4, 4))
 
 
 def phantom_truth(settings: Settings) -> Volume:

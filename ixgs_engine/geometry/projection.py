@@ -139,3 +139,37 @@ def detector_frame(matrix: np.ndarray, distance: float) -> tuple[np.ndarray, np.
     source = -M_inv @ P[:, 3]
     origin = source + distance * M_inv[:, 2]
     return origin, distance * M_inv[:, 0], distance * M_inv[:, 1]
+
+
+def rigid_motion_between(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """The 4x4 world motion ``M`` with ``after ~ before @ M`` for two views with the same
+    intrinsics (a pose refined rigidly): ``M`` rotates by ``R_before^T R_after`` and takes the
+    after-source to the before-source."""
+    first, second = decompose_projection_matrix(before), decompose_projection_matrix(after)
+    rotation = first.rotation.T @ second.rotation
+    motion = np.eye(4)
+    motion[:3, :3] = rotation
+    motion[:3, 3] = first.source - rotation @ second.source
+    return motion
+
+
+def rigid_motion(rotation_vector: np.ndarray, translation: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """The 4x4 world motion ``x -> R (x - c) + c + t``: a rotation (vector, radians) about
+    ``centre`` then a shift ``translation`` (mm); a view whose scene moved so has matrix ``P M``."""
+    rotation = rotation_matrix(rotation_vector)
+    centre = np.asarray(centre, dtype=np.float64)
+    motion = np.eye(4)
+    motion[:3, :3] = rotation
+    motion[:3, 3] = centre - rotation @ centre + np.asarray(translation, dtype=np.float64)
+    return motion
+
+
+def rotation_matrix(rotation_vector: np.ndarray) -> np.ndarray:
+    """The 3x3 rotation of a rotation vector (radians; Rodrigues' formula)."""
+    vector = np.asarray(rotation_vector, dtype=np.float64).reshape(3)
+    angle = float(np.linalg.norm(vector))
+    if angle < 1e-15:
+        return np.eye(3)
+    x, y, z = vector / angle
+    skew = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+    return np.eye(3) + np.sin(angle) * skew + (1.0 - np.cos(angle)) * skew @ skew

@@ -4,6 +4,7 @@ beside its volume, so the refined geometry can be read, reconstructed or loaded 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import replace
@@ -18,18 +19,28 @@ from ixgs_engine.io.scan import FORMAT, SCAN_FILE, Scan
 
 def write_scan_with_poses(scan: Scan, folder: str | Path, matrices: Sequence[np.ndarray], extra: dict) -> Path:
     """``scan`` as a new scan folder with ``matrices`` (one per view) as its projection matrices:
-    the image files copied as they are (DICOM frames, per-view I0 and pixel spacing kept), every
-    other entry of scan.json kept, ``extra`` added; scan.json written last, atomically. Returns it."""
+    the image files inside the scan's folder copied as they are (DICOM frames, per-view I0 and
+    pixel spacing kept), those outside it (a scan.json that points elsewhere, as a copy with
+    another box does) referenced where they are; every other entry of scan.json kept, ``extra``
+    added; scan.json written last, atomically. Returns it."""
     folder = Path(folder)
     if len(matrices) != len(scan.views):
         raise ValueError(f"{len(scan.views)} views but {len(matrices)} projection matrices")
     views = []
+    home = scan.folder.resolve()
     for view, matrix in zip(scan.views, matrices, strict=True):
-        target = folder / view.image
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(scan.folder / view.image, target)
-        views.append(replace(view, projection_matrix=validate_projection_matrix(matrix)).to_dict())
+        source = (scan.folder / view.image).resolve()
+        image = view.image
+        if source.is_relative_to(home):
+            target = folder / source.relative_to(home)
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+            image = source.relative_to(home).as_posix()
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            image = Path(os.path.relpath(source, folder.resolve())).as_posix()
+        views.append(replace(view, image=image, projection_matrix=validate_projection_matrix(matrix)).to_dict())
     document: dict = {"format": FORMAT, "units": "mm", "image_kind": scan.image_kind}
     if scan.roi is not None:
         document["roi"] = scan.roi.to_dict()

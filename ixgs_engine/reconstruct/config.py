@@ -30,6 +30,9 @@ class FinalPasses:
     # Each ray's residual is divided by at least this many voxel sizes (``classical.sart.sart``):
     # poses slightly off (real C-arms) otherwise put huge values into the box's corners.
     min_ray_voxels: float = 4.0
+    # The line-integral ceiling (``classical.ceiling``) on every voxel written, passes or none:
+    # no voxel holds more than the views' line integrals through it allow.
+    ceiling: bool = True
 
     def __post_init__(self) -> None:
         if self.passes < 0:

@@ -26,12 +26,15 @@ import numpy as np
 import torch
 
 from ixgs_engine.classical.asd_pocs import asd_pocs
-from ixgs_engine.classical.sart import Shell
+from ixgs_engine.classical.ceiling import line_integral_ceiling
+from ixgs_engine.classical.sart import Shell, interleaved_subsets
 from ixgs_engine.gaussians.model import GaussianModel
 from ixgs_engine.geometry.roi import grown_grid
 from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.reconstruct.config import FinalPasses
 from ixgs_engine.reconstruct.data import TrainingData
+from ixgs_engine.reconstruct.pose_refinement import PoseRefinement
+from ixgs_engine.reconstruct.view_registration import register_views
 from ixgs_engine.reconstruct.voxelize import voxelize_volume
 from ixgs_engine.render.backend import RenderBackend
 from ixgs_engine.render.splats import centred_in
@@ -96,10 +99,16 @@ class PassesResult:
     volume: Volume
     surroundings_share: float | None = None
     shell: Shell | None = None
+    # Voxels of ``volume`` held at the line-integral ceiling (None without one).
+    at_ceiling: int | None = None
+    # The views' registrations to the volume (world motions of their matrices, all sweeps
+    # composed; None without any) and how many sweeps there were.
+    motions: np.ndarray | None = None
+    registrations: int = 0
 
     def record(self) -> dict:
-        """For ``summary.json``: the share, and the shell's voxels (x, y, z), size (mm) and
-        passes, or None."""
+        """For ``summary.json``: the share, the shell's voxels (x, y, z), size (mm) and passes,
+        or None, and the voxels held at the ceiling."""
         shell = None
         if self.shell is not None:
             shell = {
@@ -108,7 +117,7 @@ class PassesResult:
                 "passes": self.shell.passes,
             }
         share = None if self.surroundings_share is None else round(self.surroundings_share, 4)
-        return {"surroundings_share": share, "shell": shell}
+        return {"surroundings_share": share, "shell": shell, "voxels_at_ceiling": self.at_ceiling}
 
 
 def run_final_passes(
@@ -119,16 +128,23 @@ def run_final_passes(
     passes: FinalPasses,
     progress: ProgressCallback | None = None,
     domain_scale: float = 2.5,
+    ceiling: np.ndarray | None = None,
+    registration: PoseRefinement | None = None,
 ) -> PassesResult:
     """``passes.passes`` SART passes over ``data``'s views (full resolution, world units) on
     ``volume``'s grid, started from ``volume`` (the voxelized Gaussians, 1/mm), each followed by
     ``passes.tv_steps`` TV descent steps (``classical.asd_pocs``); non-negative; ``progress(done,
-    total)`` after each view's update. On the ROI alone, or, when the Gaussians around the ROI
-    carry more than ``TRUNCATED_SHARE`` of the views' line integrals, with a coarse shell over
-    the model's domain (``domain_scale``) solved alongside (see above). No passes: ``volume``
-    as it is."""
+    total)`` after each view's update (and each view's registration). On the ROI alone, or, when
+    the Gaussians around the ROI carry more than ``TRUNCATED_SHARE`` of the views' line integrals,
+    with a coarse shell over the model's domain (``domain_scale``) solved alongside (see above);
+    each voxel kept under ``ceiling`` (``classical.ceiling``, ``volume`` already under it; made
+    again from the registered poses). With ``registration`` (the pose refinement's settings), the
+    views are registered to the volume after ``registration.register_after_passes`` passes (on
+    the ROI alone: a truncated patient's views are not the ROI's projections) and the passes after
+    that use the registered poses (not either when the volume is too coarse:
+    ``PoseRefinement.registers``). No passes: ``volume`` as it is."""
     if passes.passes < 1:
-        return PassesResult(volume)
+        return PassesResult(volume, at_ceiling=voxels_at(volume.array, ceiling))
     measured = data.targets.cpu().numpy()
     surroundings = float(surroundings_projections(model, data, backend).sum(dtype=np.float64))
     share = surroundings / max(float(measured.sum(dtype=np.float64)), 1e-12)
@@ -146,18 +162,80 @@ def run_final_passes(
             float(np.max(shell.grid.spacing)),
             shell.passes,
         )
-    refined = asd_pocs(
-        measured,
-        data.world_matrices,
-        volume.grid,
-        passes.passes,
-        relaxation=passes.relaxation,
-        tv_steps=passes.tv_steps,
-        tv_step=passes.tv_step,
-        initial=volume.array,
-        device=data.targets.device,
-        progress=progress,
-        shell=shell,
-        min_ray_mm=passes.min_ray_voxels * float(np.min(volume.grid.spacing)),
+    stops = [passes.passes]
+    if registration is not None and shell is not None:
+        _log.info("the views are not registered to the volume: the ROI alone does not explain a truncated patient's")
+    elif registration is not None and not registration.registers(volume.shape):
+        _log.info(
+            "the views are not registered to the volume: %d voxels across are too coarse (%d at least, at 1/%d)",
+            max(volume.shape),
+            registration.registration_min_voxels,
+            registration.registration_factor,
+        )
+    elif registration is not None:
+        stops = sorted({n for n in registration.register_after_passes if n < passes.passes}) + stops
+    registered = len(stops) - 1
+    subsets = len(interleaved_subsets(data.num_views, 1))
+    total = passes.passes * subsets + registered * data.num_views
+    matrices = np.asarray(data.world_matrices, dtype=np.float64)
+    motions = np.tile(np.eye(4), (data.num_views, 1, 1))
+    done = 0
+    for index, stop in enumerate(stops):
+        if index > 0:
+            offset = done * subsets + (index - 1) * data.num_views
+            found = register_views(
+                volume,
+                measured,
+                matrices,
+                data.roi.center,
+                registration.registration_iterations,
+                registration.registration_factor,
+                device=data.targets.device,
+                progress=_counted(progress, offset, total),
+            )
+            matrices = np.einsum("vij,vjk->vik", matrices, found)
+            motions = np.einsum("vij,vjk->vik", motions, found)
+            if ceiling is not None:
+                ceiling = line_integral_ceiling(measured, matrices, volume.grid, device=data.targets.device)
+        offset = done * subsets + index * data.num_views
+        volume = asd_pocs(
+            measured,
+            matrices,
+            volume.grid,
+            stop - done,
+            relaxation=passes.relaxation,
+            tv_steps=passes.tv_steps,
+            tv_step=passes.tv_step,
+            initial=volume.array,
+            device=data.targets.device,
+            progress=_offset(progress, offset, total),
+            shell=shell,
+            min_ray_mm=passes.min_ray_voxels * float(np.min(volume.grid.spacing)),
+            ceiling=ceiling,
+        )
+        done = stop
+    return PassesResult(
+        volume, share, shell, voxels_at(volume.array, ceiling), motions if registered else None, registered
     )
-    return PassesResult(refined, share, shell)
+
+
+def _offset(progress: ProgressCallback | None, offset: int, total: int) -> ProgressCallback | None:
+    """``progress`` for one part of the stage: its own counts shifted by ``offset`` of ``total``."""
+    if progress is None:
+        return None
+    return lambda done, _total, *info: progress(offset + done, total)
+
+
+def _counted(progress: ProgressCallback | None, offset: int, total: int):
+    """A ``progress()`` for the registration that counts its views from ``offset`` of ``total``."""
+    if progress is None:
+        return None
+    count = iter(range(offset + 1, total + 1))
+    return lambda: progress(next(count), total)
+
+
+def voxels_at(array: np.ndarray, ceiling: np.ndarray | None) -> int | None:
+    """How many voxels of ``array`` are at ``ceiling`` (held by it), or None without one."""
+    if ceiling is None:
+        return None
+    return int(np.count_nonzero(array >= ceiling))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ixgs_engine.classical.ceiling import line_integral_ceiling
 from ixgs_engine.device import check_memory
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.gaussians.model import GaussianModel
@@ -58,14 +59,32 @@ def final_volume(
     backend: RenderBackend,
     config: ReconstructionConfig,
     progress: ProgressCallback | None = None,
+    register: bool = False,
 ) -> PassesResult:
     """What a run writes: the Gaussians voxelized on ``grid``, then the config's final SART + TV
     passes over ``data`` (the views at full resolution) started from them (see ``final_passes``),
-    with what the passes found around the ROI. A voxelized volume that is not finite everywhere,
-    or zero everywhere, is refused."""
+    with what the passes found around the ROI; every voxel bounded by the views' line-integral
+    ceiling (``final_passes.ceiling``); with ``register``, the views registered to the volume
+    between the passes (``config.poses``). A voxelized volume that is not finite everywhere, or
+    zero everywhere, is refused."""
     volume = voxelize_volume(model, data.scene, data.roi, grid, backend)
     _check_volume(volume)
-    return run_final_passes(volume, model, data, backend, config.final_passes, progress, config.domain_scale)
+    ceiling = None
+    if config.final_passes.ceiling:
+        measured = data.targets.cpu().numpy()
+        ceiling = line_integral_ceiling(measured, data.world_matrices, grid, device=data.targets.device)
+        volume = volume.with_array(np.minimum(volume.array, ceiling))
+    return run_final_passes(
+        volume,
+        model,
+        data,
+        backend,
+        config.final_passes,
+        progress,
+        config.domain_scale,
+        ceiling=ceiling,
+        registration=config.poses if register else None,
+    )
 
 
 def _check_volume(volume: Volume) -> None:

@@ -23,7 +23,7 @@ from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData, detector_voxel_size
 from ixgs_engine.reconstruct.estimate import describe_duration, estimated_seconds
 from ixgs_engine.reconstruct.output import final_volume, output_grid, write_outputs
-from ixgs_engine.reconstruct.pose_refinement import correction_record, describe
+from ixgs_engine.reconstruct.pose_refinement import correction_record, describe, refinement_is_used
 from ixgs_engine.reconstruct.trainer import ReconstructionCancelled, Trainer
 from ixgs_engine.render.backend import select_backend
 from ixgs_engine.volume import Volume
@@ -137,9 +137,6 @@ def _stage(stage_progress: Callable[[str], ProgressCallback] | None, stop: Calla
     return update
 
 
-REFINED_SCAN_FOLDER = "refined_scan"
-
-
 def write_refined_scan(output_dir: Path, scan: Scan, training: list[int], refined: np.ndarray) -> Path:
     """The scan with the refined matrices of its training views (held-out views keep theirs), as
     a scan folder in the run (``refined_scan/``: scan.json and a copy of its images)."""
@@ -147,7 +144,7 @@ def write_refined_scan(output_dir: Path, scan: Scan, training: list[int], refine
     for index, matrix in zip(training, refined, strict=True):
         matrices[index] = matrix
     extra = {"refined_from": str(scan.folder.resolve()), "refined_views": list(training)}
-    return write_scan_with_poses(scan, output_dir / REFINED_SCAN_FOLDER, matrices, extra)
+    return write_scan_with_poses(scan, output_dir / run_files.REFINED_SCAN_FOLDER, matrices, extra)
 
 
 def heldout_views(num_views: int, every: int) -> list[int]:
@@ -232,15 +229,13 @@ def reconstruct_scan(
     if not resume:
         (output_dir / run_files.SUMMARY_FILE).unlink(missing_ok=True)  # a replaced run's summary no longer holds
     result = trainer.run(resume=resume)
-    poses = None
+    given = projections.matrices
+    used = False
     if result.corrections is not None:
-        refined = result.corrections.world_matrices(projections.matrices, data.scene)
-        poses = correction_record(
-            result.corrections, config.poses, data.scene, projections.matrices, refined, projections.roi, training
-        )
-        if poses["used"]:
-            poses["refined_scan"] = str(write_refined_scan(output_dir, scan, training, refined))
-            projections = replace(projections, matrices=refined)
+        trained = result.corrections.world_motions(data.scene)
+        used = refinement_is_used(trained, config.poses, projections.roi.center)
+        if used:
+            projections = replace(projections, matrices=result.corrections.world_matrices(given, data.scene))
             data = TrainingData.from_projections(projections, config.image_scale, torch_device)
             fine = TrainingData.from_projections(projections, 1.0, torch_device) if fine is not None else None
     if config.final_passes.passes > 0 and fine is None and config.image_scale < 1:
@@ -248,9 +243,24 @@ def reconstruct_scan(
     with deferred_interrupts() as interrupt:
         stop = _stop_check(should_cancel, interrupt, output_dir)
         refinement = final_volume(
-            result.model, fine if fine is not None else data, grid, backend, config, _stage(stage_progress, stop)
+            result.model,
+            fine if fine is not None else data,
+            grid,
+            backend,
+            config,
+            _stage(stage_progress, stop),
+            register=used,
         )
         stop()
+    poses = None
+    if result.corrections is not None:
+        motions = trained if refinement.motions is None else np.einsum("vij,vjk->vik", trained, refinement.motions)
+        poses = correction_record(
+            motions, config.poses, given, projections.roi, training, used, refinement.registrations
+        )
+        if used:
+            refined = np.einsum("vij,vjk->vik", given, motions)
+            poses["refined_scan"] = str(write_refined_scan(output_dir, scan, training, refined))
     volume = refinement.volume
     written = write_outputs(output_dir, volume, result.model, volume_format, threshold)
     summary = ReconstructionSummary(

@@ -1,4 +1,5 @@
-"""The presets' names, what each is for, and which one a plain ``ixgs reconstruct`` runs.
+"""The presets' names, what each is for, and which one a plain ``ixgs reconstruct`` runs; the pose
+refinement's modes.
 
 Torch-free, so the Slicer module's parameter node can offer these names when it loads in a fresh
 Slicer; the settings of each preset are ``config.PRESETS``, which must name the same presets."""
@@ -14,6 +15,9 @@ PRESET_SUMMARIES = {
     "default": "R2-Gaussian's recipe",
     "quality": "SART start + 2 views a step, for a GPU",
 }
+# The pose refinement's modes (``reconstruct.pose_refinement``), and what a run does unless told.
+POSE_MODES = ("off", "on", "auto")
+DEFAULT_POSE_MODE = "off"
 # What ``auto`` becomes on each device type.
 DEVICE_PRESETS = {"cpu": "cpu", "cuda": "default"}
 

@@ -28,6 +28,7 @@ from ixgs_engine.io import atomic_output
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "log.jsonl"
 SUMMARY_FILE = "summary.json"
+REFINED_SCAN_FOLDER = "refined_scan"  # the scan with the refined poses, when they were refined
 CHECKPOINT_FORMAT = "ixgs-checkpoint/1"
 PATH_FIELDS = ("volume_path", "gaussians_path", "label_path")
 
