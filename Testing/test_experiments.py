@@ -74,7 +74,7 @@ def test_view_sweep_runs_resumes_and_tabulates(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
     assert sorted(r["views"] for r in rows.values()) == [4, 8]
-    key = "arbitrary-8v-random-rot0deg-shift0mm"
+    key = "arbitrary-8v-random-rot0deg-shift0mm-poseson"  # the default: refined
     # The table's SART scores are those of the written volume against the scan's ground truth.
     row_dir = out / "rows" / key
     truth = read_volume(row_dir / "scan" / "ground_truth.nrrd")
@@ -83,7 +83,7 @@ def test_view_sweep_runs_resumes_and_tabulates(tmp_path, capsys):
     assert rows[key]["sart_bone_dice"] == pytest.approx(sart["bone"]["dice"])
     assert len(read_scan(row_dir / "scan").views) == 8
     table = (out / "views.md").read_text()
-    assert f"| arbitrary | 8 | random | 0.0 | 0.0 | {rows[key]['ixgs_psnr_db']:.2f} |" in table
+    assert f"| arbitrary | 8 | random | 0.0 | 0.0 | on | {rows[key]['ixgs_psnr_db']:.2f} |" in table
     assert (out / "views.csv").read_text().count("\n") == 3 and (out / "views.png").stat().st_size > 10_000
     # A re-run finds every row done and recomputes nothing.
     stamp = (row_dir / "ixgs" / "volume.nrrd").stat().st_mtime_ns
@@ -117,6 +117,9 @@ def test_pose_experiment_reconstructs_true_images_with_perturbed_matrices(tmp_pa
                 "--noise",
                 "0:0",
                 "2:5",
+                "--refine-poses",
+                "off",
+                "on",
                 *TINY,
             ]
         )
@@ -125,15 +128,26 @@ def test_pose_experiment_reconstructs_true_images_with_perturbed_matrices(tmp_pa
     rows = json.loads((out / "results.json").read_text())["rows"]
     exact, noisy = (
         out / "rows" / k / "scan"
-        for k in ("circular-6v-random-rot0deg-shift0mm", "circular-6v-random-rot2deg-shift5mm")
+        for k in ("circular-6v-random-rot0deg-shift0mm-posesoff", "circular-6v-random-rot2deg-shift5mm-posesoff")
     )
     for index in range(6):
         same = [read_xray_image(folder / "images" / f"{index:03d}.tif").pixels for folder in (exact, noisy)]
         np.testing.assert_array_equal(same[0], same[1])
     assert not np.allclose(read_scan(exact).matrices, read_scan(noisy).matrices)
     assert {r["rotation_noise_deg"] for r in rows.values()} == {0.0, 2.0}
+    assert {r["refine_poses"] for r in rows.values()} == {"off", "on"}
+    # without refinement the pose error left is the given one (2 deg about a random axis per view,
+    # the views' mean removed), with exact poses none; with it the run's refined poses are scored
+    unrefined = {r["rotation_noise_deg"]: r for r in rows.values() if r["refine_poses"] == "off"}
+    assert unrefined[0.0]["ixgs_pose_error_deg"] == pytest.approx(0.0, abs=1e-6)
+    assert 1.0 < unrefined[2.0]["ixgs_pose_error_deg"] < 3.0 and 2.5 < unrefined[2.0]["ixgs_pose_error_mm"]
+    refined = rows["circular-6v-random-rot2deg-shift5mm-poseson"]
+    assert refined["ixgs_pose_error_deg"] != unrefined[2.0]["ixgs_pose_error_deg"]
     table = (out / "poses.md").read_text()
-    assert "| circular | 6 | random | 0.0 | 0.0 |" in table and "| circular | 6 | random | 2.0 | 5.0 |" in table
+    assert (
+        "| circular | 6 | random | 0.0 | 0.0 | off |" in table and "| circular | 6 | random | 2.0 | 5.0 | on |" in table
+    )
+    assert "IXGS pose error after, deg" in table
 
 
 @pytest.fixture(scope="module")

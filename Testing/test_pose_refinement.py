@@ -165,7 +165,7 @@ def test_the_pose_settings_are_checked_and_nest_in_the_config():
         PoseRefinement("on", start=1.0)
     config = replace(TINY, poses=PoseRefinement("auto"))
     assert ReconstructionConfig.from_dict(config.to_dict()) == config
-    assert ReconstructionConfig.from_dict(TINY.to_dict()).poses.mode == "off"
+    assert ReconstructionConfig.from_dict(TINY.to_dict()).poses.mode == "on"  # the default
 
 
 def test_a_perturbed_scan_is_refined_and_the_run_holds_the_refined_scan(scan, tmp_path):

@@ -1,5 +1,5 @@
 """Joseph projector: agreement with RTK's, exact adjoint, autograd; SART against RTK's SART,
-and with a shell around the volume solved alongside; the RTK geometry bridge."""
+and with a shell around the volume solved alongside; ASD-POCS on RTK's SART; the RTK geometry bridge."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from ixgs_engine.classical.rtk import rtk_sart
+from ixgs_engine.classical.rtk import rtk_asd_pocs, rtk_sart
 from ixgs_engine.classical.sart import Shell, sart
 from ixgs_engine.errors import GeometryError
 from ixgs_engine.evaluate.metrics import psnr_3d
@@ -212,6 +212,21 @@ def test_sart_matches_rtk_sart(rtk_available, spine):
     reference = psnr_3d(rtk_sart(projections, matrices, spine.grid, **options), spine)
     assert reference > 20.0  # RTK reconstructs: the comparison means something
     assert ours >= reference - 1.0
+
+
+def test_rtk_asd_pocs_is_rtk_sart_passes_each_followed_by_tv_steps_that_help_sparse_views(rtk_available, spine):
+    """Passes without TV are RTK's SART of as many iterations, bit for bit; from 10 views the TV
+    steps between the passes score better than the same passes without them (fewer streaks)."""
+    matrices = carm_views([(a, 10.0 * (-1) ** i) for i, a in enumerate(np.linspace(-90.0, 90.0, 10))])
+    projections = rtk_forward_project(spine, matrices, IMAGE_SHAPE)
+    passes = rtk_asd_pocs(projections, matrices, spine.grid, 3, relaxation=0.5, tv_steps=0)
+    np.testing.assert_array_equal(passes.array, rtk_sart(projections, matrices, spine.grid, 3, relaxation=0.5).array)
+    seen = []
+    regularized = rtk_asd_pocs(projections, matrices, spine.grid, 10, 0.5, after_pass=lambda v, n: seen.append(n))
+    plain = rtk_asd_pocs(projections, matrices, spine.grid, 10, 0.5, tv_steps=0)
+    assert seen == list(range(1, 11))
+    assert float(regularized.array.min()) >= 0.0
+    assert psnr_3d(regularized, spine) > psnr_3d(plain, spine) + 0.3
 
 
 def test_sart_without_room_for_its_weights_gives_the_same_volume(random_problem, monkeypatch):

@@ -140,7 +140,8 @@ def test_reconstruct_command_writes_volume_with_world_geometry(tiny_scan, tmp_pa
         "nii.gz",
     ]
     assert main(args) == 0
-    line = capsys.readouterr().out.strip()
+    refined, line = capsys.readouterr().out.strip().splitlines()
+    assert refined.startswith("poses refined: median ")  # refinement is on by default
     assert line.startswith("reconstructed 8 views in ") and "30 iterations" in line and line.endswith("volume.nii.gz")
     volume = read_volume(tmp_path / "volume.nii.gz")
     assert volume.shape == truth.shape

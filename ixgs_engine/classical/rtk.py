@@ -1,15 +1,17 @@
-"""RTK's reconstructions (itk-rtk, optional): SART, the TV-regularized conjugate gradient and
-FDK, from a zero volume on a grid, with our projection matrices turned into an RTK geometry by
+"""RTK's reconstructions (itk-rtk, optional): SART, ASD-POCS on RTK's SART, the TV-regularized
+conjugate gradient and FDK, from a zero volume on a grid, with our projection matrices turned into an RTK geometry by
 ``projector.rtk_bridge``. RTK is independent, established code: the benchmarks' classical bar and
 the reference our own SART is checked against. itk-rtk is imported inside the functions."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
+from ixgs_engine.classical.tv import tv_steps as tv_descent
 from ixgs_engine.errors import GeometryError
 from ixgs_engine.projector.rtk_bridge import (
     as_matrices,
@@ -82,6 +84,44 @@ def rtk_sart(
     sart.SetEnforcePositivity(bool(positivity))
     sart.Update()
     return Volume.on_grid(grid, itk.array_from_image(sart.GetOutput()).copy())
+
+
+def rtk_asd_pocs(
+    projections: np.ndarray,
+    matrices: np.ndarray | Sequence[np.ndarray],
+    grid: VolumeGrid,
+    passes: int,
+    relaxation: float = 0.3,
+    tv_steps: int = 10,
+    tv_step: float = 0.2,
+    after_pass: Callable[[np.ndarray, int], None] | None = None,
+) -> Volume:
+    """ASD-POCS (Sidky & Pan 2008) with RTK doing every projection: ``passes`` times one pass of
+    RTK's SART (Joseph pair, positivity, ``relaxation``) from the current volume, then
+    ``tv_steps`` steepest-descent steps on the total variation of ``tv_step`` times that pass's
+    change (``classical.tv``, non-negative). The classical bar at arbitrary poses: the data term
+    is RTK's, so no projector of ours grades itself. ``after_pass(volume, pass_number)`` after
+    each pass's TV steps (a score curve)."""
+    itk, rtk, geometry, _, stack = _iterative_setup(projections, matrices, grid, passes)
+    image_type = itk.Image[itk.F, 3]
+    regularize = tv_descent(tv_steps, tv_step)
+    current = np.zeros(grid.shape, dtype=np.float32)
+    for number in range(1, passes + 1):
+        sart = rtk.SARTConeBeamReconstructionFilter[image_type, image_type].New()
+        sart.SetInput(0, volume_image(itk, current, grid))
+        sart.SetInput(1, stack)
+        _use_joseph_pair(sart, geometry)
+        sart.SetNumberOfIterations(1)
+        sart.SetLambda(float(relaxation))
+        sart.SetEnforcePositivity(True)
+        sart.Update()
+        updated = torch.from_numpy(itk.array_from_image(sart.GetOutput()).copy())
+        if tv_steps > 0:
+            regularize(updated, torch.from_numpy(current))
+        current = updated.numpy()
+        if after_pass is not None:
+            after_pass(current, number)
+    return Volume.on_grid(grid, current)
 
 
 def rtk_tv_conjugate_gradient(

@@ -12,6 +12,7 @@ from ixgs_engine.cli.options import add_reconstruct_options, config_from, count,
 from ixgs_engine.device import resolve_device
 from ixgs_engine.errors import IXGSError
 from ixgs_engine.progress import progress_bar
+from ixgs_engine.reconstruct.presets import POSE_MODES
 
 
 def add_commands(subparsers) -> None:
@@ -85,6 +86,13 @@ def _add_experiment(subparsers) -> None:
         default=["0:0", "0.5:1", "1:2.5", "2:5"],
         metavar="DEG:MM",
         help="pose errors: rotation (deg) about the isocentre : shift (mm)",
+    )
+    poses.add_argument(
+        "--refine-poses",
+        nargs="+",
+        choices=POSE_MODES,
+        default=["off", "on"],
+        help="IXGS's pose refinement per row (default: off and on, side by side)",
     )
     ablation = kinds.add_parser(
         "standardization",
@@ -195,7 +203,7 @@ def _run_experiment(args) -> int:
             f"View-count sweep: {args.phantom} {args.size}^3, {args.orbit} orbit, IXGS {args.preset} ({args.init} init)"
         )
     else:
-        rows = pose_rows(args.views, args.orbits, args.inits, _parse_noise(args.noise))
+        rows = pose_rows(args.views, args.orbits, args.inits, _parse_noise(args.noise), args.refine_poses)
         title = f"Pose robustness: {args.phantom} {args.size}^3, {args.views} views, IXGS {args.preset}"
     store = run_experiment(
         args.kind, rows, settings, args.output, args.cluster, progress_bar(f"experiment {args.kind}", "row")

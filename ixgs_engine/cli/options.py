@@ -133,7 +133,7 @@ def add_reconstruct_options(parser: argparse.ArgumentParser, default_preset: str
         "--refine-poses",
         choices=POSE_MODES,
         help="refine every view's pose (rotation + translation about the ROI centre) with the volume: on; auto "
-        "keeps the given poses when the corrections come out negligible; off (default: the preset's, off)",
+        "keeps the given poses when the corrections come out negligible; off (default: on)",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(

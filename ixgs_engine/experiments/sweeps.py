@@ -22,13 +22,15 @@ from ixgs_engine.evaluate.evaluation import volume_metrics
 from ixgs_engine.experiments.baselines import run_baseline
 from ixgs_engine.experiments.runner import ResultStore, run_tasks
 from ixgs_engine.geometry.carm import Detector
-from ixgs_engine.geometry.projection import rigid_motion
-from ixgs_engine.io.scan import write_scan
+from ixgs_engine.geometry.projection import rigid_motion, rigid_motion_between
+from ixgs_engine.io.scan import read_scan, write_scan
 from ixgs_engine.io.volumes import write_volume
 from ixgs_engine.phantoms import hu_to_attenuation, make_phantom
 from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.reconstruct.config import preset
 from ixgs_engine.reconstruct.pipeline import reconstruct_scan
+from ixgs_engine.reconstruct.pose_refinement import residual_pose_error
+from ixgs_engine.reconstruct.presets import DEFAULT_POSE_MODE
 from ixgs_engine.simulate import (
     GROUND_TRUTH_FILE,
     CarmSetup,
@@ -70,12 +72,13 @@ class Row:
     init: str = "volume"  # "random" or "volume"
     rotation_noise_deg: float = 0.0
     translation_noise_mm: float = 0.0
+    refine_poses: str = DEFAULT_POSE_MODE  # IXGS's --refine-poses
 
     @property
     def key(self) -> str:
         return (
             f"{self.orbit}-{self.views}v-{self.init}-rot{self.rotation_noise_deg:g}deg"
-            f"-shift{self.translation_noise_mm:g}mm"
+            f"-shift{self.translation_noise_mm:g}mm-poses{self.refine_poses}"
         )
 
 
@@ -113,9 +116,9 @@ def phantom_truth(settings: Settings) -> Volume:
     return hu_to_attenuation(make_phantom(settings.phantom, (size, size, size), FIELD_OF_VIEW_MM / size))
 
 
-def simulate_row_scan(folder: Path, settings: Settings, row: Row, truth: Volume) -> Path:
-    """The row's scan folder: X-rays rendered at the true poses, matrices with the row's pose
-    error, the ground truth beside them."""
+def simulate_row_scan(folder: Path, settings: Settings, row: Row, truth: Volume) -> tuple[Path, np.ndarray]:
+    """The row's scan folder (X-rays rendered at the true poses, matrices with the row's pose
+    error, the ground truth beside them) and the true matrices."""
     pixel = PANEL_MM / settings.detector
     setup = CarmSetup(detector=Detector((settings.detector, settings.detector), (pixel, pixel)))
     centre = tuple(truth.center())
@@ -141,7 +144,7 @@ def simulate_row_scan(folder: Path, settings: Settings, row: Row, truth: Volume)
         pixel_spacing=(pixel, pixel),
         extra={"ground_truth": GROUND_TRUTH_FILE, "experiment_row": asdict(row)},
     )
-    return folder
+    return folder, true_matrices
 
 
 def _scores(prefix: str, volume: Volume, truth: Volume, seconds: float) -> dict:
@@ -160,13 +163,14 @@ def run_row(task: tuple[Settings, Row, str]) -> dict:
     settings, row, folder = task
     folder_path = Path(folder)
     truth = phantom_truth(settings)
-    scan = simulate_row_scan(folder_path / "scan", settings, row, truth)
+    scan, true_matrices = simulate_row_scan(folder_path / "scan", settings, row, truth)
     config = preset(
         settings.preset,
         iterations=settings.iterations,
         num_gaussians=settings.gaussians,
         init=row.init,
         seed=settings.seed,
+        **{"poses.mode": row.refine_poses},
     )
     voxel = float(truth.spacing[0])
     summary, volume = reconstruct_scan(scan, folder_path / "ixgs", config, settings.device, voxel_size=voxel)
@@ -176,7 +180,27 @@ def run_row(task: tuple[Settings, Row, str]) -> dict:
         | {"key": row.key, "ixgs_iterations": summary.iterations}
         | _scores("ixgs", volume, truth, summary.total_seconds)
         | _scores("sart", sart_volume, truth, sart_summary["total_seconds"])
+        | recovered_pose_error(scan, folder_path / "ixgs", summary.poses, true_matrices, truth.center())
     )
+
+
+def recovered_pose_error(
+    scan: Path, run: Path, poses: dict | None, true_matrices: np.ndarray, centre: np.ndarray
+) -> dict:
+    """The median pose error (gauge removed: deg, mm at ``centre``) left after IXGS's refinement,
+    against the truth (``residual_pose_error``); the given error when the run did not refine or
+    kept the given poses."""
+    given = read_scan(scan).matrices
+    errors = np.stack([rigid_motion_between(t, g) for t, g in zip(true_matrices, given, strict=True)])
+    refined = given
+    if poses is not None and poses["used"]:
+        refined = read_scan((run / poses["refined_scan"]).parent).matrices
+    corrections = np.stack([rigid_motion_between(g, r) for g, r in zip(given, refined, strict=True)])
+    error = residual_pose_error(errors, corrections, centre, true_matrices)
+    return {
+        "ixgs_pose_error_deg": error["median_rotation_deg_gauge_removed"],
+        "ixgs_pose_error_mm": error["median_translation_mm_gauge_removed"],
+    }
 
 
 def run_experiment(
@@ -209,9 +233,19 @@ def view_rows(counts: Sequence[int], orbit: str = "arbitrary", init: str = "volu
 
 
 def pose_rows(
-    views: int, orbits: Sequence[str], inits: Sequence[str], noise: Sequence[tuple[float, float]]
+    views: int,
+    orbits: Sequence[str],
+    inits: Sequence[str],
+    noise: Sequence[tuple[float, float]],
+    refine: Sequence[str] = (DEFAULT_POSE_MODE,),
 ) -> list[Row]:
-    return [Row(views, orbit, init, deg, mm) for orbit in orbits for init in inits for deg, mm in noise]
+    return [
+        Row(views, orbit, init, deg, mm, mode)
+        for orbit in orbits
+        for init in inits
+        for deg, mm in noise
+        for mode in refine
+    ]
 
 
 def knee(x: Sequence[float], y: Sequence[float]) -> float | None:

@@ -27,7 +27,10 @@ CONFIG_COLUMNS = (
     ("init", "IXGS init"),
     ("rotation_noise_deg", "pose error deg"),
     ("translation_noise_mm", "pose error mm"),
+    ("refine_poses", "IXGS refine poses"),
 )
+# The pose error IXGS's refinement leaves (poses rows): median over views, gauge removed.
+POSE_ERROR_COLUMNS = (("ixgs_pose_error_deg", "IXGS pose error after, deg"), ("ixgs_pose_error_mm", "mm"))
 
 
 def _markdown_table(title: str, head: list[str], body: list[list[str]]) -> list[str]:
@@ -58,11 +61,15 @@ def _write_files(
 def write_tables(output_dir: str | Path, kind: str, rows: list[dict], title: str) -> dict[str, Path]:
     """``<kind>.md``, ``<kind>.csv`` and ``<kind>.png`` in ``output_dir``; returns their paths."""
     output_dir = Path(output_dir)
+    extra = POSE_ERROR_COLUMNS if kind == "poses" else ()
     head = [label for _, label in CONFIG_COLUMNS] + [f"{m} {label}" for _, m in METHODS for _, label, _ in SCORES]
+    head += [label for _, label in extra]
     body = []
     for row in rows:
-        cells = [str(row[key]) for key, _ in CONFIG_COLUMNS]
+        # rows stored before a column existed show it empty
+        cells = [str(row.get(key, "")) for key, _ in CONFIG_COLUMNS]
         cells += [format(row[f"{method}_{key}"], fmt) for method, _ in METHODS for key, _, fmt in SCORES]
+        cells += [format(row[key], ".3f") if key in row else "" for key, _ in extra]
         body.append(cells)
     lines = _markdown_table(title, head, body)
     if kind == "views":
@@ -90,7 +97,11 @@ def _views_plot(rows: list[dict]) -> bytes:
 
 
 def _poses_plot(rows: list[dict]) -> bytes:
-    labels = [f"{r['orbit']}, {r['init']}, {r['rotation_noise_deg']:g}°/{r['translation_noise_mm']:g} mm" for r in rows]
+    labels = [
+        f"{r['orbit']}, {r['init']}, {r['rotation_noise_deg']:g}°/{r['translation_noise_mm']:g} mm, "
+        f"refine {r.get('refine_poses', 'off')}"
+        for r in rows
+    ]
     figure = Figure(figsize=(10, 0.35 * len(rows) + 1.8))
     axes = figure.subplots(1, 2, sharey=True)
     positions = np.arange(len(rows))
@@ -102,7 +113,7 @@ def _poses_plot(rows: list[dict]) -> bytes:
     axes[0].set_yticks(positions, labels, fontsize=8)
     axes[0].invert_yaxis()
     figure.legend(*axes[0].get_legend_handles_labels(), loc="upper right", fontsize=8)
-    figure.suptitle("Pose robustness (orbit, IXGS init, pose error)")
+    figure.suptitle("Pose robustness (orbit, IXGS init, pose error, IXGS pose refinement)")
     return figure_png(figure)
 
 

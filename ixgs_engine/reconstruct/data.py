@@ -23,6 +23,16 @@ def downsample_matrices(matrices: np.ndarray, factor: int) -> np.ndarray:
     return np.einsum("ij,njk->nik", to_coarse, matrices)
 
 
+def block_averaged(values: torch.Tensor, matrices: np.ndarray, factor: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Images (N, H, W) averaged over ``factor`` x ``factor`` pixel blocks (a partial block at the
+    far edges dropped) and their matrices (``downsample_matrices``); unchanged for ``factor`` <= 1."""
+    if factor <= 1:
+        return values, matrices
+    height, width = values.shape[1:]
+    pooled = F.avg_pool2d(values[:, None, : height - height % factor, : width - width % factor], factor)[:, 0]
+    return pooled, downsample_matrices(matrices, factor)
+
+
 def detector_voxel_size(matrices: np.ndarray, roi: ROI) -> float:
     """Median size (mm) of a detector pixel projected back to the ROI centre: the finest
     detail the views resolve there, and the default output voxel size."""
@@ -47,12 +57,11 @@ class TrainingData:
     @classmethod
     def from_projections(cls, projections: Projections, image_scale: float, device: torch.device) -> TrainingData:
         factor = max(int(round(1.0 / image_scale)), 1)
-        values = torch.as_tensor(projections.values, dtype=torch.float32)
-        matrices = np.asarray(projections.matrices, dtype=np.float64)
-        if factor > 1:
-            height, width = values.shape[1:]
-            values = F.avg_pool2d(values[:, None, : height - height % factor, : width - width % factor], factor)[:, 0]
-            matrices = downsample_matrices(matrices, factor)
+        values, matrices = block_averaged(
+            torch.as_tensor(projections.values, dtype=torch.float32),
+            np.asarray(projections.matrices, dtype=np.float64),
+            factor,
+        )
         scene = SceneNormalization.from_roi(projections.roi)
         normalized = np.stack([scene.projection_to_normalized(P) for P in matrices])
         return cls(

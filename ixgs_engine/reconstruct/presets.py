@@ -17,7 +17,7 @@ PRESET_SUMMARIES = {
 }
 # The pose refinement's modes (``reconstruct.pose_refinement``), and what a run does unless told.
 POSE_MODES = ("off", "on", "auto")
-DEFAULT_POSE_MODE = "off"
+DEFAULT_POSE_MODE = "on"
 # What ``auto`` becomes on each device type.
 DEVICE_PRESETS = {"cpu": "cpu", "cuda": "default"}
 

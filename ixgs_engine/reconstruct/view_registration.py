@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ixgs_engine.geometry.projection import rigid_motion, source_position
 from ixgs_engine.projector.joseph import JosephProjector
-from ixgs_engine.reconstruct.data import downsample_matrices
+from ixgs_engine.reconstruct.data import block_averaged
 from ixgs_engine.volume import Volume, VolumeGrid
 
 STEP_ROTATION_DEG = 0.05  # the finite differences' steps
@@ -56,12 +56,9 @@ def coarse_level(volume: Volume, factor: int) -> Volume:
 
 def coarse_views(projections: np.ndarray, matrices: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
     """The views (N, H, W) and their matrices block-averaged by ``factor``."""
-    if factor <= 1:
-        return projections, matrices
     values = torch.as_tensor(np.asarray(projections, dtype=np.float32))
-    height, width = values.shape[1:]
-    pooled = F.avg_pool2d(values[:, None, : height - height % factor, : width - width % factor], factor)[:, 0]
-    return pooled.numpy(), downsample_matrices(np.asarray(matrices, dtype=np.float64), factor)
+    pooled, coarse = block_averaged(values, np.asarray(matrices, dtype=np.float64), factor)
+    return pooled.numpy(), coarse
 
 
 def register_views(
