@@ -207,33 +207,33 @@ def run_method(method: str, case: str, workdir: Path, args: argparse.Namespace, 
     _, kind, _ = parse_case(case)
     scan = workdir / case / "scan"
     truth = read_volume(scan / GROUND_TRUTH_FILE)
-    projections = load_projections(read_scan(scan))
-    values, matrices = projections.values, projections.matrices
     if method == "ixgs":
         device = resolve_device("auto")
-        name = resolve_preset(args.preset, device)
+        preset_name = resolve_preset(args.preset, device)
         overrides = parse_overrides(args.set)
         began = time.perf_counter()
         summary, _ = reconstruct_scan(
-            scan, workdir / case / "ixgs-run", preset(name, **overrides), device=str(device),
-            voxel_size=BOX_MM, preset_name=name, overwrite=True,
+            scan, workdir / case / "ixgs-run", preset(preset_name, **overrides), device=str(device),
+            voxel_size=BOX_MM, preset_name=preset_name, overwrite=True,
         )  # fmt: skip
         wall = time.perf_counter() - began
-        volume = resample_to(read_volume(summary.volume_path), truth.grid)
+        written = read_volume(summary.volume_path)
+        volume = resample_to(written, truth.grid)
         write_volume(workdir / case / f"{name}.nrrd", volume)
         return {
             **suite_scores(volume.array, truth),
             "seconds": wall,
-            "settings": {"preset": name, "overrides": overrides, "grid": list(read_volume(summary.volume_path).shape)},
+            "settings": {"preset": preset_name, "overrides": overrides, "grid": list(written.shape)},
             "gaussians": summary.gaussians,
             "device": str(device),
         }
+    projections = load_projections(read_scan(scan))
 
     def kept_and_scored(array: np.ndarray, truth: Volume) -> dict:
         write_volume(workdir / case / f"{name}.nrrd", truth.with_array(np.asarray(array, dtype=np.float32)))
         return suite_scores(array, truth)
 
-    return run_baseline(method, kind == "insitu", values, matrices, truth, kept_and_scored)
+    return run_baseline(method, kind == "insitu", projections.values, projections.matrices, truth, kept_and_scored)
 
 
 def rescore(workdir: Path) -> None:
