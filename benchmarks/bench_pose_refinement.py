@@ -35,8 +35,7 @@ from common import RESULTS, host_description, load_average, set_threads, utc_now
 
 from ixgs_engine.device import resolve_device
 from ixgs_engine.evaluate.resample import resample_to
-from ixgs_engine.experiments.sweeps import calibration_errors
-from ixgs_engine.geometry.projection import rigid_motion_between
+from ixgs_engine.experiments.sweeps import applied_corrections, calibration_errors
 from ixgs_engine.io.scan import read_scan
 from ixgs_engine.io.scan_poses import write_scan_with_poses
 from ixgs_engine.io.volumes import read_volume
@@ -96,9 +95,10 @@ def run_row(
     trainers = []
     load = load_average()
     began = time.perf_counter()
+    output = workdir / f"poses-{level_name(*level)}" / f"ixgs-{mode}"
     summary, _ = reconstruct_scan(
         scan,
-        workdir / f"poses-{level_name(*level)}" / f"ixgs-{mode}",
+        output,
         config,
         device=str(device),
         voxel_size=BOX_MM,
@@ -124,9 +124,7 @@ def run_row(
     }
     if trainer.corrections is not None:
         row["poses"] = {k: v for k, v in summary.poses.items() if k != "views"}
-        given = read_scan(scan).matrices
-        refined = read_scan(Path(summary.poses["refined_scan"]).parent).matrices if summary.poses["used"] else given
-        motions = np.stack([rigid_motion_between(a, b) for a, b in zip(given, refined, strict=True)])
+        motions = applied_corrections(scan, output, summary.poses)
         row["recovered"] = residual_pose_error(errors, motions, truth.center(), true_matrices)
         row["recovered_by_training"] = residual_pose_error(
             errors, trainer.corrections.world_motions(trainer.data.scene), truth.center(), true_matrices

@@ -184,6 +184,16 @@ def run_row(task: tuple[Settings, Row, str]) -> dict:
     )
 
 
+def applied_corrections(scan: Path, run: Path, poses: dict | None) -> np.ndarray:
+    """Per view the world motion (V, 4, 4) from the scan's matrices to those the run ``run``
+    used (its refined scan; the identity where it did not refine or kept the given poses)."""
+    given = read_scan(scan).matrices
+    refined = given
+    if poses is not None and poses["used"]:
+        refined = read_scan((Path(run) / poses["refined_scan"]).parent).matrices
+    return np.stack([rigid_motion_between(g, r) for g, r in zip(given, refined, strict=True)])
+
+
 def recovered_pose_error(
     scan: Path, run: Path, poses: dict | None, true_matrices: np.ndarray, centre: np.ndarray
 ) -> dict:
@@ -192,11 +202,7 @@ def recovered_pose_error(
     kept the given poses."""
     given = read_scan(scan).matrices
     errors = np.stack([rigid_motion_between(t, g) for t, g in zip(true_matrices, given, strict=True)])
-    refined = given
-    if poses is not None and poses["used"]:
-        refined = read_scan((run / poses["refined_scan"]).parent).matrices
-    corrections = np.stack([rigid_motion_between(g, r) for g, r in zip(given, refined, strict=True)])
-    error = residual_pose_error(errors, corrections, centre, true_matrices)
+    error = residual_pose_error(errors, applied_corrections(scan, run, poses), centre, true_matrices)
     return {
         "ixgs_pose_error_deg": error["median_rotation_deg_gauge_removed"],
         "ixgs_pose_error_mm": error["median_translation_mm_gauge_removed"],
