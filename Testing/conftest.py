@@ -23,3 +23,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def rtk_available() -> None:
+    """Loads itk and RTK once (slow the first time); skips without itk-rtk."""
+    pytest.importorskip("itk")
+    try:
+        from itk import RTK
+
+        RTK.ThreeDCircularProjectionGeometry  # noqa: B018 (itk loads a module on first access)
+    except (ImportError, AttributeError):
+        pytest.skip("itk-rtk is not installed")

@@ -16,7 +16,7 @@ from ixgs_engine.geometry.projection import (
     source_position,
     validate_projection_matrix,
 )
-from ixgs_engine.geometry.roi import ROI, _box_visible, box_fraction_in_view, default_roi, grown_grid
+from ixgs_engine.geometry.roi import ROI, _box_visible, box_fraction_in_view, default_roi, grown_grid, roi_grid
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -187,6 +187,11 @@ def test_scene_normalization_maps_roi_to_unit_cube_and_keeps_pixels():
     mu, length_mm = 0.02, 37.0
     assert scene.attenuation_to_normalized(mu) * length_mm * scene.scale == pytest.approx(mu * length_mm)
     assert scene.attenuation_to_world(scene.attenuation_to_normalized(mu)) == pytest.approx(mu)
+    # A grid goes to normalized coordinates and back: the same voxels at the same world places.
+    grid = roi_grid(roi, 4.0)
+    back = scene.grid_to_world(scene.grid_to_normalized(grid))
+    np.testing.assert_allclose(back.voxel_centres(), grid.voxel_centres(), atol=1e-9)
+    np.testing.assert_allclose(back.spacing, grid.spacing, atol=1e-12)
 
 
 def test_a_grown_grid_puts_voxel_faces_on_the_roi_faces_and_covers_the_grown_box():

@@ -223,6 +223,10 @@ def test_the_command_line_prints_the_poses_line_before_its_summary(scan, tmp_pat
     printed = capsys.readouterr().out.splitlines()
     assert printed[-2].startswith("poses refined: median ") and printed[-1].startswith("reconstructed 10 views")
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["config"]["poses"]["mode"] == "on"
+    assert (tmp_path / "run" / "refined_scan" / "scan.json").is_file()
+    # Replaced by a run without refinement, the folder keeps no refined scan of the earlier run.
+    assert main([*args, "--refine-poses", "off", "--overwrite"]) == 0
+    assert not (tmp_path / "run" / "refined_scan").exists()
 
 
 def test_auto_keeps_the_given_poses_when_the_corrections_come_out_negligible(scan, tmp_path):

@@ -155,6 +155,12 @@ def test_reconstruct_command_writes_volume_with_world_geometry(tiny_scan, tmp_pa
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["iterations"] == 30 and summary["config"]["init"] == "volume"
     assert (tmp_path / "gaussians.npz").exists()
+    # The preview: the SART start on the output grid, written before the training (and kept).
+    assert summary["preview_path"] == "preview.nrrd" and 0 < summary["preview_seconds"] < summary["total_seconds"]
+    preview = read_volume(tmp_path / "preview.nrrd")
+    assert preview.shape == truth.shape and float(preview.array.min()) >= 0.0
+    np.testing.assert_allclose(preview.origin, truth.origin, atol=1e-4)
+    assert np.corrcoef(preview.array.ravel(), truth.array.ravel())[0, 1] > 0.5
     # --resume of a finished run just rewrites the outputs.
     assert main([*args, "--resume"]) == 0
 
@@ -184,10 +190,15 @@ def test_schedule_and_presets():
 
 
 def test_settings_nest_by_owner_and_earlier_flat_configs_still_read():
+    from ixgs_engine.reconstruct.config import CPU_FINAL_PASSES, FinalPasses, rtk_installed
+
     cpu = preset("cpu")
-    assert cpu.to_dict()["densification"]["start"] == 100 and cpu.to_dict()["final_passes"]["passes"] == 12
+    assert cpu.to_dict()["densification"]["start"] == 100 and cpu.final_passes == CPU_FINAL_PASSES
+    assert cpu.to_dict()["final_passes"]["projector"] == ("rtk" if rtk_installed() else "ours")
     assert "densify_from" not in cpu.to_dict() and "final_sart_passes" not in cpu.to_dict()
-    # A checkpoint's config written before the settings nested (flat names) reads into the groups.
+    # A checkpoint's config written before the settings nested (flat names) reads into the groups,
+    # with what the passes were then (ours, 12).
+    cpu = replace(cpu, final_passes=FinalPasses(passes=12))
     flat = {k: v for k, v in cpu.to_dict().items() if k not in ("densification", "final_passes")}
     flat |= {"densify_from": 100, "densify_until": 250, "densify_interval": 50, "densify_grad_threshold": 5e-5}
     flat |= {"max_gaussians": 100_000, "prune_min_density": 1e-5, "final_sart_passes": 12}

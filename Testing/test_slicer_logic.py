@@ -17,6 +17,7 @@ if not hasattr(slicer, "vtkMRMLScene"):
 import slicer_stand_ins  # noqa: E402
 
 from ixgs_engine.io.scan import read_scan  # noqa: E402
+from ixgs_engine.io.volumes import read_volume  # noqa: E402
 from ixgs_engine.reconstruct.run_files import has_checkpoint, read_log  # noqa: E402
 from ixgs_engine.simulate import simulate_phantom_scan  # noqa: E402
 from IXGSCommonLib import engine_process, mrml_bridge  # noqa: E402
@@ -84,9 +85,16 @@ def test_reconstruction_logic_loads_a_scan_reconstructs_cancels_resumes_and_revi
     job.wait(300)
     assert run.finished == (False, CANCELLED)
     assert any(e.stage == "SART start" for e in run.events)  # the stage before training is shown
-    assert has_checkpoint(tmp_path / "run") and parameters.volume is None
+    assert has_checkpoint(tmp_path / "run")
+    # The preview (the SART start) was shown while the run trained, and stays after a Cancel.
+    preview = parameters.volume
+    assert preview is not None and preview.GetName() == "IXGS reconstruction (preview)"
+    shown = mrml_bridge.volume_from_node(preview)
+    written = read_volume(tmp_path / "run" / engine_process.PREVIEW_FILE)
+    np.testing.assert_array_equal(shown.array, written.array)
+    assert float(written.array.max()) > 0.0 and float(written.array.min()) >= 0.0
 
-    # Resume: the run finishes, the volume is loaded, thresholded and rendered.
+    # Resume: the run finishes, the volume replaces the preview in its node, thresholded and rendered.
     parameters.resume = True
     resumed = Recorder()
     resumed.start(logic.reconstruct).wait(300)
@@ -96,7 +104,12 @@ def test_reconstruction_logic_loads_a_scan_reconstructs_cancels_resumes_and_revi
     events = [e for e in resumed.events if e.stage == "reconstructing"]
     assert events[-1].done == events[-1].total == 60
     volume = parameters.volume
-    assert volume is not None and volume.GetDisplayNode().GetApplyThreshold()
+    assert volume is preview and volume.GetName() == "IXGS reconstruction"
+    np.testing.assert_array_equal(
+        mrml_bridge.volume_from_node(volume).array, read_volume(tmp_path / "run" / "volume.nrrd").array
+    )
+    assert logic.previewNode(tmp_path / "run") is None
+    assert volume.GetDisplayNode().GetApplyThreshold()
     assert slicer.modules.volumerendering.logic().GetFirstVolumeRenderingDisplayNode(volume) is not None
     logic.showVolume(volume, 0.05)
     assert volume.GetDisplayNode().GetLowerThreshold() == pytest.approx(0.05)

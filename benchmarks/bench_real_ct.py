@@ -153,14 +153,17 @@ def prepare(workdir: Path, cases: list[str]) -> None:
         print(f"case {case}: {len(matrices)} views projected by RTK in {time.perf_counter() - began:.1f} s -> {folder}")
 
 
-def write_case(folder: Path, truth: Volume, projections: np.ndarray, matrices: np.ndarray, simulation: str) -> None:
-    """A case's scan folder: the views on ``DETECTOR``, ROI = the truth's box, the truth beside them."""
+def write_case(
+    folder: Path, truth: Volume, projections: np.ndarray, matrices: np.ndarray, simulation: str, roi: ROI | None = None
+) -> None:
+    """A case's scan folder: the views on ``DETECTOR``, ROI ``roi`` (default the truth's box as RTK
+    projects it, ``specimen_roi``), the truth beside them."""
     write_volume(folder / GROUND_TRUTH_FILE, truth)
     write_scan(
         folder,
         list(projections),
         list(matrices),
-        roi=specimen_roi(truth),
+        roi=specimen_roi(truth) if roi is None else roi,
         pixel_spacing=DETECTOR.pixel_spacing,
         extra={"ground_truth": GROUND_TRUTH_FILE, "simulation": simulation},
     )

@@ -66,6 +66,8 @@ checkpoint, so Resume continues). It works where signals do not reach a console 
 (Windows); on the other systems Cancel also sends SIGTERM, which the engine treats the same."""
 # Where a run with refined poses keeps its refined scan (the engine's run_files.REFINED_SCAN_FOLDER).
 REFINED_SCAN_FOLDER = "refined_scan"
+# The run's first look, written as soon as its classical start exists (run_files.PREVIEW_FILE).
+PREVIEW_FILE = "preview.nrrd"
 
 
 def cancel_file_in(arguments: Sequence[str]) -> Path | None:

@@ -27,8 +27,12 @@ ENGINE_PARENT = dependencies.make_engine_importable(MODULE_FOLDER)
 VIEW_ATTRIBUTE = "IXGS.View"
 SCAN_ATTRIBUTE = "IXGS.Scan"
 POINTS_ATTRIBUTE = "IXGS.PointsForView"
+PREVIEW_ATTRIBUTE = "IXGS.PreviewOfRun"
 DICOM_XRAY_MODALITIES = ("XA", "RF", "DX", "CR")
 POSES_TABLE_NAME = "IXGS refined poses"
+VOLUME_NAME = "IXGS reconstruction"
+PREVIEW_NAME = "IXGS reconstruction (preview)"
+PREVIEW_CLOCK_SLACK_S = 2.0  # file times may be this coarse
 POSES_TABLE_COLUMNS = (
     ("view", "View"),
     ("rotation_deg", "Rotation (deg)"),
@@ -79,8 +83,9 @@ class IXGSReconstructionLogic(EngineModuleLogic):
 
     def reconstruct(self, onProgress=None, onLog=None, onFinished=None, extraArguments=()):
         """Reconstruct the scan with the parameter node's box, preset, device and iterations
-        (``resume``: continue the output folder's run); the volume is loaded, thresholded and
-        rendered when done. ``extraArguments`` go to ``ixgs reconstruct`` as they are."""
+        (``resume``: continue the output folder's run). The run's preview (its classical start) is
+        shown as soon as the engine writes it, and the volume replaces it in the same node,
+        thresholded and rendered, when done. ``extraArguments`` go to ``ixgs reconstruct`` as they are."""
         p = self.getParameterNode()
         self.checkDevice(p.device)
         if not is_set(p.outputFolder):
@@ -89,12 +94,20 @@ class IXGSReconstructionLogic(EngineModuleLogic):
             p.scanFolder, p.roi, p.outputFolder, p.preset, p.device, p.iterations, p.resume, p.refinePoses
         )
         output = pathlib.Path(p.outputFolder)
+        since = time.time()
+
+        def progress(event) -> None:
+            if self.previewNode(output) is None:
+                shown = self.loadPreview(output, since, p.threshold)
+                p.volume = shown if shown is not None else p.volume
+            if onProgress is not None:
+                onProgress(event)
 
         def loadResult() -> None:
-            p.volume = self.loadVolume(output / "volume.nrrd", p.threshold)
+            p.volume = self.loadVolume(output / "volume.nrrd", p.threshold, self.previewNode(output))
             self.posesTable(output)
 
-        return self.startJob([*arguments, *extraArguments], loadResult, onProgress, onLog, onFinished)
+        return self.startJob([*arguments, *extraArguments], loadResult, progress, onLog, onFinished)
 
     # --- dependencies and device ---
 
@@ -325,11 +338,42 @@ class IXGSReconstructionLogic(EngineModuleLogic):
         self.getParameterNode().scanFolder = folder
         return self.loadScan(folder)
 
-    def loadVolume(self, path, threshold: float):
-        """Load a reconstruction (LPS file geometry -> RAS node) and show it."""
+    def loadPreview(self, outputFolder, since: float, threshold: float):
+        """The run's preview (``preview.nrrd``, written by the engine once its classical start
+        exists) as a volume node, shown; None while there is none written since ``since`` (a
+        ``time.time()``: an earlier run's is not this one's)."""
+        path = pathlib.Path(outputFolder) / engine_process.PREVIEW_FILE
+        try:
+            written = path.stat().st_mtime
+        except OSError:
+            return None
+        if written < since - PREVIEW_CLOCK_SLACK_S:
+            return None
+        node = self.loadVolume(path, threshold)
+        node.SetName(PREVIEW_NAME)
+        node.SetAttribute(PREVIEW_ATTRIBUTE, str(pathlib.Path(outputFolder).resolve()))
+        return node
+
+    def previewNode(self, outputFolder):
+        """The parameter node's volume when it is the preview of the run in ``outputFolder`` (the
+        node its final volume goes into), else None."""
+        node = self.getParameterNode().volume
+        if node is None or node.GetAttribute(PREVIEW_ATTRIBUTE) != str(pathlib.Path(outputFolder).resolve()):
+            return None
+        return node
+
+    def loadVolume(self, path, threshold: float, node=None):
+        """Load a reconstruction (LPS file geometry -> RAS node) into ``node`` (replacing what it
+        held, e.g. the preview) or a new node, and show it."""
         from ixgs_engine.io.volumes import read_volume
 
-        node = mrml_bridge.add_volume_node(slicer.mrmlScene, read_volume(path), "IXGS reconstruction")
+        volume = read_volume(path)
+        if node is None:
+            node = mrml_bridge.add_volume_node(slicer.mrmlScene, volume, VOLUME_NAME)
+        else:
+            mrml_bridge.update_volume_node(node, volume.array, volume.grid)
+            node.SetName(VOLUME_NAME)
+            node.RemoveAttribute(PREVIEW_ATTRIBUTE)
         self.showVolume(node, threshold)
         slicer.util.setSliceViewerLayers(background=node, fit=True)
         layoutManager = slicer.app.layoutManager() if hasattr(slicer.app, "layoutManager") else None

@@ -95,17 +95,25 @@ def rtk_asd_pocs(
     tv_steps: int = 10,
     tv_step: float = 0.2,
     after_pass: Callable[[np.ndarray, int], None] | None = None,
+    initial: np.ndarray | None = None,
+    ceiling: np.ndarray | None = None,
 ) -> Volume:
     """ASD-POCS (Sidky & Pan 2008) with RTK doing every projection: ``passes`` times one pass of
-    RTK's SART (Joseph pair, positivity, ``relaxation``) from the current volume, then
+    RTK's SART (Joseph pair, positivity, ``relaxation``) from the current volume (``initial``,
+    non-negative, on ``grid``; zero without it), then
     ``tv_steps`` steepest-descent steps on the total variation of ``tv_step`` times that pass's
-    change (``classical.tv``, non-negative). The classical bar at arbitrary poses: the data term
+    change (``classical.tv``, non-negative), each voxel then kept under ``ceiling`` when given
+    (``classical.ceiling``, on ``grid``). The classical bar at arbitrary poses: the data term
     is RTK's, so no projector of ours grades itself. ``after_pass(volume, pass_number)`` after
     each pass's TV steps (a score curve)."""
     itk, rtk, geometry, _, stack = _iterative_setup(projections, matrices, grid, passes)
     image_type = itk.Image[itk.F, 3]
     regularize = tv_descent(tv_steps, tv_step)
-    current = np.zeros(grid.shape, dtype=np.float32)
+    for name, array in (("initial volume", initial), ("ceiling", ceiling)):
+        if array is not None and np.shape(array) != grid.shape:
+            raise ValueError(f"the {name}'s shape {np.shape(array)} is not the grid's {grid.shape}")
+    start = np.zeros(grid.shape) if initial is None else np.maximum(initial, 0.0)
+    current = np.ascontiguousarray(start, dtype=np.float32)
     for number in range(1, passes + 1):
         sart = rtk.SARTConeBeamReconstructionFilter[image_type, image_type].New()
         sart.SetInput(0, volume_image(itk, current, grid))
@@ -118,7 +126,7 @@ def rtk_asd_pocs(
         updated = torch.from_numpy(itk.array_from_image(sart.GetOutput()).copy())
         if tv_steps > 0:
             regularize(updated, torch.from_numpy(current))
-        current = updated.numpy()
+        current = updated.numpy() if ceiling is None else np.minimum(updated.numpy(), ceiling, dtype=np.float32)
         if after_pass is not None:
             after_pass(current, number)
     return Volume.on_grid(grid, current)

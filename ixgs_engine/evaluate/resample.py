@@ -3,6 +3,8 @@ so a reconstruction on its ROI grid compares with a CT on its own grid.
 
 The comparison grid is the reference's, cropped to the reference voxels whose centres lie
 inside the other volume's box: voxels the reconstruction never covered are not counted.
+``resample_to`` (SimpleITK's resampling by world geometry) lives in ``io.volumes``, beside the
+SimpleITK conversions, so a run can resample its own outputs (the preview) too.
 """
 
 from __future__ import annotations
@@ -10,24 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import SimpleITK as sitk
 
 from ixgs_engine.errors import GeometryError
-from ixgs_engine.io.volumes import volume_from_sitk, volume_to_sitk
+from ixgs_engine.io.volumes import resample_to
 from ixgs_engine.volume import Volume, VolumeGrid
-
-INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
-
-
-def resample_to(volume: Volume, grid: VolumeGrid, interpolator: str = "linear", default: float = 0.0) -> Volume:
-    """``volume``'s values at the voxel centres of ``grid`` (world positions; ``default``
-    outside the volume), float32."""
-    reference = volume_to_sitk(Volume.on_grid(grid, np.zeros(grid.shape, dtype=np.float32)))
-    image = volume_to_sitk(volume.with_array(np.asarray(volume.array, dtype=np.float32)))
-    resampled = sitk.Resample(
-        image, reference, sitk.Transform(), INTERPOLATORS[interpolator], float(default), sitk.sitkFloat32
-    )
-    return volume_from_sitk(resampled)
 
 
 def inside_mask(grid: VolumeGrid, box: VolumeGrid) -> np.ndarray:

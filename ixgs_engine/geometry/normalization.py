@@ -62,6 +62,15 @@ class SceneNormalization:
             direction=self.direction @ grid.direction,
         )
 
+    def grid_to_world(self, grid: VolumeGrid) -> VolumeGrid:
+        """Inverse of :meth:`grid_to_normalized`: a normalized voxel grid in world mm."""
+        return VolumeGrid(
+            grid.shape,
+            origin=self.to_world(grid.origin),
+            spacing=grid.spacing / self.scale,
+            direction=self.direction.T @ grid.direction,
+        )
+
     def attenuation_to_normalized(self, mu_per_mm: np.ndarray | float) -> np.ndarray | float:
         """Density per normalized length unit that gives the same line integrals."""
         return mu_per_mm / self.scale

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from ixgs_engine.errors import VolumeIOError, write_error_fix
 from ixgs_engine.io import atomic_output, extension_of, itk_reason
-from ixgs_engine.volume import Volume
+from ixgs_engine.volume import Volume, VolumeGrid
 
 READ_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 # Single-file formats only: .nhdr/.mhd keep their voxels in a second file, which a write
@@ -153,3 +153,17 @@ def require_finite(volume: Volume, path: str | Path) -> Volume:
             "replace them (e.g. with air: -1000 HU, or 0 /mm) and try again",
         )
     return volume
+
+
+INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
+
+
+def resample_to(volume: Volume, grid: VolumeGrid, interpolator: str = "linear", default: float = 0.0) -> Volume:
+    """``volume``'s values at the voxel centres of ``grid`` (world positions; ``default``
+    outside the volume), float32."""
+    reference = volume_to_sitk(Volume.on_grid(grid, np.zeros(grid.shape, dtype=np.float32)))
+    image = volume_to_sitk(volume.with_array(np.asarray(volume.array, dtype=np.float32)))
+    resampled = sitk.Resample(
+        image, reference, sitk.Transform(), INTERPOLATORS[interpolator], float(default), sitk.sitkFloat32
+    )
+    return volume_from_sitk(resampled)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from ixgs_engine.gaussians.densification import DensificationStrategy
@@ -21,22 +22,34 @@ class FinalPasses:
     """The SART passes over the full-resolution views after the training, started from the
     voxelized Gaussians, each followed by ``tv_steps`` TV descent steps of ``tv_step`` times the
     pass's change (ASD-POCS, ``reconstruct/final_passes.py``); they restore detail the views
-    measure that a short training leaves blurred. ``passes`` 0: the volume is the Gaussians alone."""
+    measure that a short training leaves blurred. ``passes`` 0: the volume is the Gaussians alone.
+    ``projector`` "rtk": RTK's SART does the passes' projections (itk-rtk, C++ and multi-threaded:
+    about 10x ours on a 2-core CPU) where they run on the ROI alone; a truncated patient's passes,
+    which solve a shell around the ROI too, stay ours: ``ours_passes`` of them (and TV step
+    ``ours_tv_step``) when given, else as many as RTK's."""
 
     passes: int = 0
     relaxation: float = 0.8
     tv_steps: int = 10
     tv_step: float = 0.2
     # Each ray's residual is divided by at least this many voxel sizes (``classical.sart.sart``):
-    # poses slightly off (real C-arms) otherwise put huge values into the box's corners.
+    # poses slightly off (real C-arms) otherwise put huge values into the box's corners. Ours
+    # only: RTK's SART divides by the ray's length in the grid, and the ceiling bounds its corners.
     min_ray_voxels: float = 4.0
     # The line-integral ceiling (``classical.ceiling``) on every voxel written, passes or none:
     # no voxel holds more than the views' line integrals through it allow.
     ceiling: bool = True
+    projector: str = "ours"  # "ours" (torch, any device) or "rtk" (itk-rtk, the CPU)
+    ours_passes: int | None = None
+    ours_tv_step: float | None = None
 
     def __post_init__(self) -> None:
-        if self.passes < 0:
-            raise ValueError(f"final passes must be 0 or more, got {self.passes}")
+        if self.projector not in ("ours", "rtk"):
+            raise ValueError(f"the final passes' projector must be 'ours' or 'rtk', got {self.projector!r}")
+        if self.passes < 0 or (self.ours_passes is not None and self.ours_passes < 0):
+            raise ValueError(f"final passes must be 0 or more, got {self.passes} (ours: {self.ours_passes})")
+        if self.ours_tv_step is not None and not self.ours_tv_step >= 0:
+            raise ValueError(f"the final passes' ours_tv_step must be 0 or more, got {self.ours_tv_step}")
         if not 0 < self.relaxation <= 2:
             raise ValueError(f"the final passes' relaxation must be in (0, 2], got {self.relaxation}")
         if self.tv_steps < 0 or not self.tv_step >= 0:
@@ -185,6 +198,27 @@ _FAST = ReconstructionConfig(
     checkpoint_every=250,
 )
 
+
+def rtk_installed() -> bool:
+    """Whether itk-rtk (the ``rtk`` extra) is installed, without importing it (slow)."""
+    try:
+        version("itk-rtk")
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+# The CPU's final passes: with RTK installed, 30 of RTK's at TV step 0.4, the settings of the RTK
+# ASD-POCS bar (benchmarks/results/suite_anchor_tuning.json), in about the time 3 of ours take;
+# without it, and for a truncated patient (our passes solve a shell), 12 of ours at TV step 0.2
+# (benchmarks/results/real_ct.md, suite.md).
+_OURS_ON_A_CPU = FinalPasses(passes=12)
+CPU_FINAL_PASSES = (
+    FinalPasses(passes=30, tv_step=0.4, projector="rtk", ours_passes=12, ours_tv_step=0.2)
+    if rtk_installed()
+    else _OURS_ON_A_CPU
+)
+
 PRESETS: dict[str, ReconstructionConfig] = {
     # R^2-Gaussian's published recipe (one view a step, 30k steps), random initialization.
     "default": ReconstructionConfig(),
@@ -202,7 +236,7 @@ PRESETS: dict[str, ReconstructionConfig] = {
         num_gaussians=40_000,
         iterations=300,
         densification=DensificationStrategy(start=100, stop=250, interval=50, max_gaussians=100_000),
-        final_passes=FinalPasses(passes=12),
+        final_passes=CPU_FINAL_PASSES,
     ),
 }
 if set(PRESETS) != set(PRESET_SUMMARIES) - {DEFAULT_PRESET}:  # the names are presets.py's

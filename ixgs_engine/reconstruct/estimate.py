@@ -12,7 +12,9 @@ The SART passes after the training cost a forward and a back projection of every
 ``SART_SECONDS_PER_SAMPLE`` per ray sample (pixels x the output grid's longest side). Measured:
 46 s a pass for 25 views of 192² pixels and 128³ voxels on a run of the same 2-core machine
 type whose training was 2.7x slower than the one the constants above come from; scaled by that.
-The CUDA value assumes the same speed-up as a rendered view's.
+The CUDA value assumes the same speed-up as a rendered view's. RTK's passes (``projector`` "rtk",
+on the CPU whatever the device) measured 2.1 s a pass on that case (2 cores), after about
+``RTK_START_SECONDS`` of loading itk-rtk and setting up its geometry.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ SECONDS_PER_VIEW = {"cpu": 0.13, "cuda": 0.01}
 SECONDS_PER_STEP = {"cpu": 0.05, "cuda": 0.005}  # TV block, loss, optimizer
 INITIALIZATION_SECONDS = {"cpu": 20.0, "cuda": 3.0}
 SART_SECONDS_PER_SAMPLE = {"cpu": 1.45e-7, "cuda": 1.1e-8}
+RTK_SART_SECONDS_PER_SAMPLE = 1.8e-8
+RTK_START_SECONDS = 16.0
 REFERENCE_PIXELS = 96 * 96
 REFERENCE_GAUSSIANS = 30_000
 
@@ -49,11 +53,15 @@ def estimated_seconds(
     pyramid = config.image_scale < 1 and config.coarse_iterations > 0
     coarse_steps = min(config.coarse_iterations, config.iterations) if pyramid else config.iterations
     fine_steps = config.iterations - coarse_steps
+    passes = config.final_passes
+    by_rtk = passes.projector == "rtk" and passes.passes > 0
+    per_sample = RTK_SART_SECONDS_PER_SAMPLE if by_rtk else SART_SECONDS_PER_SAMPLE[kind]
     return (
         INITIALIZATION_SECONDS[kind]
         + coarse_steps * _step_seconds(config, scaled, kind)
         + fine_steps * _step_seconds(config, full, kind)
-        + config.final_passes.passes * views * full * max(output_shape) * SART_SECONDS_PER_SAMPLE[kind]
+        + (RTK_START_SECONDS if by_rtk else 0.0)
+        + passes.passes * views * full * max(output_shape) * per_sample
     )
 
 

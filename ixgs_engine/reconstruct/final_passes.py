@@ -14,19 +14,21 @@ the rest of the patient into its voxels, worst along rays that graze a face; the
 shell over the model's domain (``classical.sart.Shell``, started from the Gaussians around the
 ROI) is solved alongside in the first ``SHELL_PASSES`` passes and then held, so each ray's
 residual is spread over its whole path. The measurements behind these choices are in
-``benchmarks/results/refinement_studies.md``.
+``benchmarks/results/refinement_studies.md``. The passes on the ROI alone may be RTK's SART
+(``FinalPasses.projector``: C++, a tenth of our time a pass on a 2-core CPU); the shell is ours.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from ixgs_engine.classical.asd_pocs import asd_pocs
 from ixgs_engine.classical.ceiling import line_integral_ceiling
+from ixgs_engine.classical.rtk import rtk_asd_pocs
 from ixgs_engine.classical.sart import Shell, interleaved_subsets
 from ixgs_engine.gaussians.model import GaussianModel
 from ixgs_engine.geometry.roi import grown_grid
@@ -162,6 +164,13 @@ def run_final_passes(
             float(np.max(shell.grid.spacing)),
             shell.passes,
         )
+    by_rtk = passes.projector == "rtk" and shell is None
+    if passes.projector == "rtk" and not by_rtk:
+        passes = ours_instead_of_rtk(passes)
+        _log.info(
+            "%d SART passes of our projector instead of RTK's: RTK's cannot solve the shell around the ROI alongside",
+            passes.passes,
+        )
     stops = [passes.passes]
     if registration is not None and shell is not None:
         _log.info("the views are not registered to the volume: the ROI alone does not explain a truncated patient's")
@@ -198,21 +207,35 @@ def run_final_passes(
             if ceiling is not None:
                 ceiling = line_integral_ceiling(measured, matrices, volume.grid, device=data.targets.device)
         offset = done * subsets + index * data.num_views
-        volume = asd_pocs(
-            measured,
-            matrices,
-            volume.grid,
-            stop - done,
-            relaxation=passes.relaxation,
-            tv_steps=passes.tv_steps,
-            tv_step=passes.tv_step,
-            initial=volume.array,
-            device=data.targets.device,
-            progress=_offset(progress, offset, total),
-            shell=shell,
-            min_ray_mm=passes.min_ray_voxels * float(np.min(volume.grid.spacing)),
-            ceiling=ceiling,
-        )
+        if by_rtk:
+            volume = rtk_asd_pocs(
+                measured,
+                matrices,
+                volume.grid,
+                stop - done,
+                passes.relaxation,
+                passes.tv_steps,
+                passes.tv_step,
+                after_pass=_passes_counted(progress, offset, subsets, total),
+                initial=volume.array,
+                ceiling=ceiling,
+            )
+        else:
+            volume = asd_pocs(
+                measured,
+                matrices,
+                volume.grid,
+                stop - done,
+                relaxation=passes.relaxation,
+                tv_steps=passes.tv_steps,
+                tv_step=passes.tv_step,
+                initial=volume.array,
+                device=data.targets.device,
+                progress=_offset(progress, offset, total),
+                shell=shell,
+                min_ray_mm=passes.min_ray_voxels * float(np.min(volume.grid.spacing)),
+                ceiling=ceiling,
+            )
         done = stop
     return PassesResult(
         volume, share, shell, voxels_at(volume.array, ceiling), motions if registered else None, registered
@@ -224,6 +247,21 @@ def _offset(progress: ProgressCallback | None, offset: int, total: int) -> Progr
     if progress is None:
         return None
     return lambda done, _total, *info: progress(offset + done, total)
+
+
+def ours_instead_of_rtk(passes: FinalPasses) -> FinalPasses:
+    """The passes of ours that stand in for RTK's where those cannot run (see ``FinalPasses``)."""
+    count = passes.passes if passes.ours_passes is None else passes.ours_passes
+    step = passes.tv_step if passes.ours_tv_step is None else passes.ours_tv_step
+    return replace(passes, passes=count, tv_step=step, projector="ours")
+
+
+def _passes_counted(progress: ProgressCallback | None, offset: int, subsets: int, total: int):
+    """An ``after_pass(volume, number)`` for RTK's passes: each pass counts as its ``subsets``
+    view updates, from ``offset`` of ``total`` (the stage's count stays that of our passes)."""
+    if progress is None:
+        return None
+    return lambda _volume, number: progress(offset + number * subsets, total)
 
 
 def _counted(progress: ProgressCallback | None, offset: int, total: int):

@@ -17,7 +17,7 @@ from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData, detector_voxel_size
 from ixgs_engine.render.backend import RenderBackend
-from ixgs_engine.volume import VolumeGrid
+from ixgs_engine.volume import Volume, VolumeGrid
 
 CALIBRATION_VIEWS = 8
 # SART runs on at least the ROI grown by this factor: where the patient extends beyond the box
@@ -79,6 +79,13 @@ def sart_start(
     return np.where(ModelDomain.of(data, config).outside_roi(grid.voxel_centres()), 0.0, values), grid
 
 
+def start_volume(data: TrainingData, values: np.ndarray, grid: VolumeGrid) -> Volume:
+    """The SART start (``sart_start``'s normalized densities and grid) in world units (1/mm, mm):
+    the run's first look at the anatomy (its preview)."""
+    attenuation = np.asarray(data.scene.attenuation_to_world(values), dtype=np.float32)
+    return Volume.on_grid(data.scene.grid_to_world(grid), attenuation)
+
+
 def sart_surroundings(
     data: TrainingData, config: ReconstructionConfig, progress: ProgressCallback | None = None
 ) -> tuple[np.ndarray, VolumeGrid]:
@@ -136,9 +143,11 @@ def initial_model(
     config: ReconstructionConfig,
     backend: RenderBackend,
     stage_progress: Callable[[str], ProgressCallback] | None = None,
+    on_start_volume: Callable[[Volume], None] | None = None,
 ) -> GaussianModel:
     """The Gaussians a run starts from (deterministic for ``config.seed``);
-    ``stage_progress(name)`` gives a progress callback for each SART stage of a volume start."""
+    ``stage_progress(name)`` gives a progress callback for each SART stage of a volume start,
+    and ``on_start_volume`` receives that start (``start_volume``) as soon as it exists."""
     device = data.targets.device
     domain = ModelDomain.of(data, config)
 
@@ -148,6 +157,8 @@ def initial_model(
     if config.init == "volume":
         outside_count = int(round(config.num_gaussians * config.outside_share)) if config.domain_scale > 1 else 0
         values, grid = sart_start(data, config, progress("SART start"))
+        if on_start_volume is not None:
+            on_start_volume(start_volume(data, values, grid))
         parts = [GaussianModel.from_volume(values, grid, config.num_gaussians - outside_count, seed=config.seed)]
         if outside_count:
             values, grid = sart_surroundings(data, config, progress("SART surroundings"))

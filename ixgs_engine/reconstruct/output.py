@@ -17,8 +17,9 @@ from ixgs_engine.errors import IXGSError
 from ixgs_engine.gaussians.model import GaussianModel
 from ixgs_engine.geometry.roi import ROI, roi_grid
 from ixgs_engine.io import atomic_output
-from ixgs_engine.io.volumes import write_volume
+from ixgs_engine.io.volumes import resample_to, write_volume
 from ixgs_engine.progress import ProgressCallback
+from ixgs_engine.reconstruct import run_files
 from ixgs_engine.reconstruct.config import ReconstructionConfig
 from ixgs_engine.reconstruct.data import TrainingData
 from ixgs_engine.reconstruct.final_passes import PassesResult, run_final_passes
@@ -27,6 +28,15 @@ from ixgs_engine.render.backend import RenderBackend
 from ixgs_engine.volume import Volume, VolumeGrid
 
 BYTES_PER_OUTPUT_VOXEL = 13  # the float32 volume, its copy in world units, the writer's copy, a label byte
+
+
+def write_preview(output_dir: Path, start: Volume, grid: VolumeGrid) -> Path:
+    """``start`` (a classical start, 1/mm) resampled onto the run's output ``grid`` (zero where it
+    has no voxels, never negative), written atomically as the run's preview; its path."""
+    preview = resample_to(start, grid)
+    path = Path(output_dir) / run_files.PREVIEW_FILE
+    write_volume(path, preview.with_array(np.maximum(preview.array, 0.0)))
+    return path
 
 
 def output_grid(roi: ROI, voxel_size: float) -> VolumeGrid:

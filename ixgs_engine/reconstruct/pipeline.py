@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -19,10 +20,10 @@ from ixgs_engine.io.scan import Scan, check_output_apart, load_projections, read
 from ixgs_engine.io.scan_poses import write_scan_with_poses
 from ixgs_engine.progress import ProgressCallback
 from ixgs_engine.reconstruct import run_files
-from ixgs_engine.reconstruct.config import ReconstructionConfig
+from ixgs_engine.reconstruct.config import ReconstructionConfig, rtk_installed
 from ixgs_engine.reconstruct.data import TrainingData, detector_voxel_size
 from ixgs_engine.reconstruct.estimate import describe_duration, estimated_seconds
-from ixgs_engine.reconstruct.output import final_volume, output_grid, write_outputs
+from ixgs_engine.reconstruct.output import final_volume, output_grid, write_outputs, write_preview
 from ixgs_engine.reconstruct.pose_refinement import correction_record, describe, refinement_is_used
 from ixgs_engine.reconstruct.trainer import ReconstructionCancelled, Trainer
 from ixgs_engine.render.backend import select_backend
@@ -54,6 +55,10 @@ class ReconstructionSummary:
     refinement: dict | None = None
     # The views' pose corrections, when refined (pose_refinement.correction_record), and the refined scan.
     poses: dict | None = None
+    # The preview (the classical start on the output grid) and when it was written, in seconds
+    # from the start of the run (None: a random start, or a resumed run, writes none).
+    preview_path: str | None = None
+    preview_seconds: float | None = None
 
     def line(self) -> str:
         """The one-line summary printed at the end of a run."""
@@ -187,6 +192,11 @@ def reconstruct_scan(
         raise IXGSError(f"`threshold` must be a finite attenuation in 1/mm, got {threshold}")
     if resume:
         config = resumed_config(output_dir, resume_iterations)
+    if config.final_passes.passes > 0 and config.final_passes.projector == "rtk" and not rtk_installed():
+        raise IXGSError(
+            "the final SART passes are RTK's (`final_passes.projector rtk`) and itk-rtk is not installed: "
+            "pip install 'ixgs-engine[rtk]', or set final_passes.projector=ours (slower on a CPU)"
+        )
     scan = read_scan(scan_dir)
     projections = load_projections(scan)
     voxel = voxel_size if voxel_size is not None else detector_voxel_size(projections.matrices, projections.roi)
@@ -213,6 +223,14 @@ def reconstruct_scan(
     fine = None
     if config.image_scale < 1 and config.coarse_iterations > 0:
         fine = TrainingData.from_projections(projections, 1.0, torch_device)
+
+    previewed: dict = {}
+
+    def preview(start: Volume) -> None:
+        previewed["path"] = str(write_preview(output_dir, start, grid))
+        previewed["seconds"] = round(time.perf_counter() - started, 1)
+        _log.info("preview (the SART start) written after %.0f s: %s", previewed["seconds"], previewed["path"])
+
     trainer = Trainer(
         data,
         config,
@@ -223,11 +241,14 @@ def reconstruct_scan(
         fine_data=fine,
         stage_progress=stage_progress,
         view_ids=training,
+        on_start_volume=preview,
     )
     if on_trainer is not None:
         on_trainer(trainer)
     if not resume:
-        (output_dir / run_files.SUMMARY_FILE).unlink(missing_ok=True)  # a replaced run's summary no longer holds
+        for stale in (run_files.SUMMARY_FILE, run_files.PREVIEW_FILE):  # a replaced run's no longer hold
+            (output_dir / stale).unlink(missing_ok=True)
+        shutil.rmtree(output_dir / run_files.REFINED_SCAN_FOLDER, ignore_errors=True)
     result = trainer.run(resume=resume)
     given = projections.matrices
     used = False
@@ -283,6 +304,8 @@ def reconstruct_scan(
         estimated_seconds=round(estimate, 1),
         refinement=refinement.record(),
         poses=poses,
+        preview_path=previewed.get("path"),
+        preview_seconds=previewed.get("seconds"),
     )
     run_files.write_summary(output_dir, asdict(summary))
     return summary, volume

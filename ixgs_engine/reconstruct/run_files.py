@@ -3,7 +3,8 @@
 A run folder (``ixgs reconstruct -o RUN``, ``ixgs baseline``) holds ``checkpoint.pt`` (the
 training state, for a resumed run), ``log.jsonl`` (one JSON object per step), ``summary.json``
 (what the run did and which files it wrote) and the outputs it names (``volume.<fmt>``,
-``gaussians.npz``, ``label.<fmt>``).
+``gaussians.npz``, ``label.<fmt>``); ``preview.nrrd``, the run's classical start on the output
+grid, is written as soon as it exists (a first look, replaced by the volume when the run ends).
 
 - **Self-contained.** Paths in ``summary.json`` are relative to the run folder, so a copied or
   moved folder still names its own files whatever the working directory; the scan (outside the
@@ -28,9 +29,10 @@ from ixgs_engine.io import atomic_output
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "log.jsonl"
 SUMMARY_FILE = "summary.json"
+PREVIEW_FILE = "preview.nrrd"
 REFINED_SCAN_FOLDER = "refined_scan"  # the scan with the refined poses, when they were refined
 CHECKPOINT_FORMAT = "ixgs-checkpoint/1"
-PATH_FIELDS = ("volume_path", "gaussians_path", "label_path")
+PATH_FIELDS = ("volume_path", "gaussians_path", "label_path", "preview_path")
 
 
 # ---------------------------------------------------------------- log

@@ -36,6 +36,7 @@ from ixgs_engine.reconstruct.initialization import ModelDomain, initial_model
 from ixgs_engine.reconstruct.losses import dssim_loss, l1_loss, tv_3d_loss
 from ixgs_engine.reconstruct.pose_refinement import ViewCorrections
 from ixgs_engine.render.backend import RenderBackend
+from ixgs_engine.volume import Volume
 
 LEARNING_RATES = {
     "positions": "lr_positions",
@@ -84,10 +85,12 @@ class Trainer:
         fine_data: TrainingData | None = None,
         stage_progress: Callable[[str], ProgressCallback] | None = None,
         view_ids: list[int] | None = None,
+        on_start_volume: Callable[[Volume], None] | None = None,
     ) -> None:
         """``data``: the views at ``config.image_scale``; ``fine_data``: the same views at full
         resolution, trained on from step ``config.coarse_iterations`` (a two-level pyramid);
         ``stage_progress(name)``: a progress callback for each stage of the start (SART);
+        ``on_start_volume``: receives a volume start (SART, 1/mm) as soon as it exists;
         ``view_ids``: the views' numbers in the scan, for messages (default 0, 1, ...)."""
         self.data = data
         self.fine_data = fine_data
@@ -97,6 +100,7 @@ class Trainer:
         self.progress = progress
         self.should_cancel = should_cancel
         self.stage_progress = stage_progress
+        self.on_start_volume = on_start_volume
         self.view_ids = list(view_ids) if view_ids is not None else list(range(data.num_views))
         self.pose_start = int(config.poses.start * config.iterations)
         self.data_range = float(data.targets.max().clamp_min(1e-6))  # D-SSIM's range, fixed for the run
@@ -112,7 +116,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def _fresh_state(self) -> None:
-        self.model = initial_model(self.data, self.config, self.backend, self.stage_progress)
+        self.model = initial_model(self.data, self.config, self.backend, self.stage_progress, self.on_start_volume)
         self.statistics = GradientStatistics.zeros(self.model)
         self.optimizer = torch.optim.Adam(self.model.param_groups(self._learning_rates(0)), eps=1e-15)
         self.generator = torch.Generator().manual_seed(self.config.seed)
