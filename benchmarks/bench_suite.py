@@ -318,9 +318,10 @@ def start_curves(workdir: Path, cases: list[str], output: Path, itk_threads: int
         scan = workdir / case / "scan"
         truth = read_volume(scan / GROUND_TRUTH_FILE)
         began = time.perf_counter()
-        name = resolve_preset(DEFAULT_PRESET, resolve_device("auto"))
+        device = resolve_device("auto")
+        name = resolve_preset(DEFAULT_PRESET, device)
         summary, written = reconstruct_scan(
-            scan, workdir / case / "curves-run", preset(name, **{"final_passes.passes": 0}), device="cpu",
+            scan, workdir / case / "curves-run", preset(name, **{"final_passes.passes": 0}), device=str(device),
             voxel_size=BOX_MM, preset_name=name, overwrite=True,
         )  # fmt: skip
         gaussians = resample_to(written, truth.grid)

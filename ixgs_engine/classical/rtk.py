@@ -106,12 +106,12 @@ def rtk_asd_pocs(
     (``classical.ceiling``, on ``grid``). The classical bar at arbitrary poses: the data term
     is RTK's, so no projector of ours grades itself. ``after_pass(volume, pass_number)`` after
     each pass's TV steps (a score curve)."""
-    itk, rtk, geometry, _, stack = _iterative_setup(projections, matrices, grid, passes)
-    image_type = itk.Image[itk.F, 3]
-    regularize = tv_descent(tv_steps, tv_step)
     for name, array in (("initial volume", initial), ("ceiling", ceiling)):
         if array is not None and np.shape(array) != grid.shape:
             raise ValueError(f"the {name}'s shape {np.shape(array)} is not the grid's {grid.shape}")
+    itk, rtk, geometry, _, stack = _iterative_setup(projections, matrices, grid, passes)
+    image_type = itk.Image[itk.F, 3]
+    regularize = tv_descent(tv_steps, tv_step)
     start = np.zeros(grid.shape) if initial is None else np.maximum(initial, 0.0)
     current = np.ascontiguousarray(start, dtype=np.float32)
     for number in range(1, passes + 1):
