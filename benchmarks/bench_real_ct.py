@@ -154,15 +154,22 @@ def prepare(workdir: Path, cases: list[str]) -> None:
 
 
 def write_case(
-    folder: Path, truth: Volume, projections: np.ndarray, matrices: np.ndarray, simulation: str, roi: ROI | None = None
+    folder: Path,
+    truth: Volume,
+    projections: np.ndarray,
+    matrices: np.ndarray,
+    simulation: str,
+    roi: ROI | None = None,
+    image_kind: str = "line_integral",
 ) -> None:
-    """A case's scan folder: the views on ``DETECTOR``, ROI ``roi`` (default the truth's box as RTK
-    projects it, ``specimen_roi``), the truth beside them."""
+    """A case's scan folder: the views (``image_kind``) on ``DETECTOR``, ROI ``roi`` (default the
+    truth's box as RTK projects it, ``specimen_roi``), the truth beside them."""
     write_volume(folder / GROUND_TRUTH_FILE, truth)
     write_scan(
         folder,
         list(projections),
         list(matrices),
+        image_kind=image_kind,
         roi=specimen_roi(truth) if roi is None else roi,
         pixel_spacing=DETECTOR.pixel_spacing,
         extra={"ground_truth": GROUND_TRUTH_FILE, "simulation": simulation},

