@@ -133,12 +133,16 @@ def prepare(workdir: Path, cases: list[str]) -> None:
             matrices = case_matrices("insitu" if kind == "insitu" else views, truth.center())
             began = time.perf_counter()
             image_kind, extra = "line_integral", {}
-            if kind in ("raw", "mono"):  # one simulation for both
+            if kind in ("raw", "mono"):  # one simulation and one truth for both
                 if views not in raw:
-                    raw[views] = raw_views(seen, matrices, shape)
-                made = raw[views]
-                factor = int(round(BOX_MM / FINE_MM))
-                truth = truth_at(tuple(block_averaged(part, factor) for part in densities(seen)), made.effective_kev)
+                    parts = densities(seen)
+                    made = raw_views(parts, matrices, shape)
+                    factor = int(round(BOX_MM / FINE_MM))
+                    raw[views] = (
+                        made,
+                        truth_at(tuple(block_averaged(part, factor) for part in parts), made.effective_kev),
+                    )
+                made, truth = raw[views]
                 projections, lines = (
                     (made.signals, made.line_integrals) if kind == "raw" else (made.line_integrals,) * 2
                 )

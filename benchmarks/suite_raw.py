@@ -76,10 +76,10 @@ def effective_kev(water: np.ndarray, bone: np.ndarray, params: RadiographParams)
     return float(candidates[int(np.argmin(errors))])
 
 
-def raw_views(fine_specimen: Volume, matrices: np.ndarray, shape: tuple[int, int]) -> RawViews:
-    """The raw detector signals of ``fine_specimen``'s views (see the module), their effective
-    energy and the same views as line integrals at it."""
-    water, bone = (rtk_forward_project(part, matrices, shape) for part in densities(fine_specimen))
+def raw_views(fine_densities: tuple[Volume, Volume], matrices: np.ndarray, shape: tuple[int, int]) -> RawViews:
+    """The raw detector signals of the views of a specimen's water and bone densities
+    (``densities``; see the module), their effective energy and the same views as line integrals at it."""
+    water, bone = (rtk_forward_project(part, matrices, shape) for part in fine_densities)
     kev = effective_kev(water, bone, RAW_VIEW)
     rng = np.random.default_rng(RAW_SEED)
     simulated = [simulate_radiograph(w, b, RAW_VIEW, rng) for w, b in zip(water, bone, strict=True)]
