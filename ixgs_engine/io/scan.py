@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from ixgs_engine.errors import GeometryError, ImageReadError, ScanError
 from ixgs_engine.geometry.carm import Detector, circular_orbit
@@ -29,6 +30,10 @@ MAX_LINE_INTEGRAL = 20.0
 # -NEGATIVE_TOLERANCE x its 99th percentile: more than noise, e.g. an inverted image.
 NEGATIVE_FRACTION = 0.01
 NEGATIVE_TOLERANCE = 0.05
+# The air of an intensity view without i0 (see _estimate_i0): pixels whose image smoothed over
+# this many pixels is within this share of its brightest.
+AIR_SMOOTHING_PX = 2.0
+AIR_BAND = 0.02
 
 
 @dataclass
@@ -257,8 +262,30 @@ def read_scan(path: str | Path, require_poses: bool = True) -> Scan:
 
 
 def _estimate_i0(pixels: np.ndarray) -> float:
-    """Air intensity from the brightest 0.5 % of pixels (unattenuated rays)."""
-    return float(np.median(pixels[pixels >= np.percentile(pixels, 99.5)]))
+    """Air intensity of a view without ``i0``: the median of the pixels of its brightest region.
+
+    The brightest pixels themselves are the photon noise's upper tail: at 3000 photons a pixel
+    their median sits ~3 % above the air signal, which adds 0.03 to every line integral, air
+    included. So the region is found on the image smoothed over ``AIR_SMOOTHING_PX`` (the noise
+    averaged out): the pixels whose smoothed value is within ``AIR_BAND`` of its 99.5th
+    percentile (the air's slow variation, e.g. scatter near the patient, stays inside the band),
+    and the median of their raw values, which symmetric noise does not bias. A view with no flat
+    air (textured to its brightest pixels) would get negative line integrals beyond noise from
+    that median; it keeps the median of its brightest 0.5 % instead."""
+    brightest = float(np.median(pixels[pixels >= np.percentile(pixels, 99.5)]))
+    smoothed = ndimage.gaussian_filter(np.asarray(pixels, dtype=np.float64), AIR_SMOOTHING_PX, mode="nearest")
+    band = float(np.median(pixels[smoothed >= (1.0 - AIR_BAND) * np.percentile(smoothed, 99.5)]))
+    if not band > 0:
+        return brightest
+    values = np.log(band) - np.log(np.maximum(pixels, np.finfo(np.float64).tiny))
+    return band if _negative_share(values) <= NEGATIVE_FRACTION else brightest
+
+
+def _negative_share(values: np.ndarray) -> float:
+    """The share of line integrals below ``-NEGATIVE_TOLERANCE`` x their 99th percentile (more
+    than noise, see ``NEGATIVE_FRACTION``)."""
+    scale = max(float(np.percentile(np.abs(values), 99)), 1e-12)
+    return float(np.mean(values < -NEGATIVE_TOLERANCE * scale))
 
 
 def _intensity_to_line_integral(pixels: np.ndarray, i0: float | None, index: int, image: str) -> np.ndarray:
@@ -294,11 +321,10 @@ def _check_line_integral(values: np.ndarray, index: int, image: str) -> None:
             index,
             image,
         )
-    scale = max(float(np.percentile(np.abs(values), 99)), 1e-12)
-    negative = values < -NEGATIVE_TOLERANCE * scale
-    if negative.mean() > NEGATIVE_FRACTION:
+    negative = _negative_share(values)
+    if negative > NEGATIVE_FRACTION:
         raise ScanError(
-            f"{100 * negative.mean():.1f} % of the pixels are negative line integrals beyond noise "
+            f"{100 * negative:.1f} % of the pixels are negative line integrals beyond noise "
             f"(min {values.min():.3g}); the image may be inverted, or be a radiograph or raw intensity: "
             'set "image_kind" accordingly',
             index,
